@@ -1,0 +1,3 @@
+from arena_trace.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""The BPF-to-user event layout, defined once.
+
+The C struct compiled into the BPF program, the numpy dtype the collector decodes ring-buffer records
+with, and the Arrow schema of the trace file's event batches are all generated from ``EVENT_FIELDS``,
+so the three can never drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+# (name, type, meaning). Ordered largest first so the C struct has no padding holes.
+EVENT_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("timestamp_ns", "u64", "call start, bpf_ktime_get_ns (CLOCK_MONOTONIC)"),
+    ("duration_ns", "u64", "inclusive time from entry to return"),
+    ("self_ns", "u64", "duration minus the inclusive time of traced callees"),
+    ("call_id", "u64", "unique per traced call; links a call to its stack snapshot"),
+    ("path", "u64", "function ids of the enclosing traced calls, 8 bits each, outermost in the low byte"),
+    ("argument0", "u64", "first interesting argument (size, arena, futex address, syscall length)"),
+    ("argument1", "u64", "second interesting argument"),
+    ("return_value", "u64", "return register at exit"),
+    ("tid", "u32", "kernel thread id"),
+    ("function", "u16", "function id (index into the trace's function table)"),
+    ("depth", "u8", "number of enclosing traced calls"),
+    ("flags", "u8", "EVENT_FLAG_* bits"),
+)
+
+# Columns the collector adds after decoding; they are not part of the BPF record.
+EXTRA_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("stack_id", "i32", "index into the trace's stack table, -1 when no stack was captured"),
+)
+
+EVENT_FLAG_ARENA_LOCK = 1  # argument0 is a malloc arena's lock word (arena lock wait)
+EVENT_FLAG_MAIN_ARENA = 2  # ... and that arena is glibc's main_arena
+EVENT_FLAG_PATH_TRUNCATED = 4  # more than PATH_DEPTH enclosing calls; outermost ones dropped
+EVENT_FLAG_HAS_STACK = 8  # a stack snapshot was emitted for this call
+EVENT_FLAG_UNMATCHED = 16  # the return did not match the innermost open call (longjmp, attach mid-call)
+
+PATH_DEPTH = 8
+HISTOGRAM_BUCKETS = 40  # log2(ns) buckets: bucket b holds durations in [2^b, 2^(b+1))
+
+_C_TYPES = {"u64": "u64", "u32": "u32", "u16": "u16", "u8": "u8", "i32": "s32"}
+_NUMPY_TYPES = {"u64": "<u8", "u32": "<u4", "u16": "<u2", "u8": "u1", "i32": "<i4"}
+_ARROW_TYPES = {"u64": pa.uint64(), "u32": pa.uint32(), "u16": pa.uint16(), "u8": pa.uint8(), "i32": pa.int32()}
+
+
+def c_struct(name: str = "call_event") -> str:
+    """The C definition of the event record, for the BPF program."""
+    lines = [f"struct {name} {{"]
+    lines += [f"    {_C_TYPES[kind]} {field};  /* {meaning} */" for field, kind, meaning in EVENT_FIELDS]
+    lines.append("};")
+    return "\n".join(lines)
+
+
+def event_dtype() -> np.dtype:
+    """numpy dtype of one BPF record, byte-compatible with ``c_struct()``."""
+    return np.dtype([(field, _NUMPY_TYPES[kind]) for field, kind, _ in EVENT_FIELDS])
+
+
+def event_schema() -> pa.Schema:
+    """Arrow schema of an event batch in a trace file (BPF fields plus collector columns)."""
+    fields = EVENT_FIELDS + EXTRA_COLUMNS
+    return pa.schema([pa.field(field, _ARROW_TYPES[kind]) for field, kind, _ in fields])
+
+
+EVENT_SIZE = event_dtype().itemsize
+
+
+def pack_path(function_ids: list[int]) -> int:
+    """Pack enclosing function ids (outermost first) the way the BPF program does."""
+    packed = 0
+    for level, function_id in enumerate(function_ids[-PATH_DEPTH:]):
+        packed |= (function_id & 0xFF) << (8 * level)
+    return packed
+
+
+def unpack_path(packed: int) -> list[int]:
+    """Function ids of the enclosing calls, outermost first."""
+    function_ids = []
+    while packed:
+        function_ids.append(packed & 0xFF)
+        packed >>= 8
+    return function_ids

@@ -97,7 +97,8 @@ class ElfFile:
             if segment["p_type"] != PT_LOAD:
                 continue
             if segment["p_offset"] + segment["p_filesz"] > self.file_size:
-                raise ElfError(f"{self.path}: PT_LOAD at offset {segment['p_offset']:#x} runs past the end of the file")
+                offset = segment["p_offset"]
+                raise ElfError(f"{self.path}: PT_LOAD at offset {offset:#x} runs past the file end")
             segments.append(LoadSegment(
                 virtual_address=segment["p_vaddr"],
                 file_offset=segment["p_offset"],
@@ -110,10 +111,11 @@ class ElfFile:
     def _read_sections(self) -> dict[str, Section]:
         sections: dict[str, Section] = {}
         for section in self._elf.iter_sections():
-            if section["sh_type"] != "SHT_NOBITS" and section["sh_size"]:
-                if section["sh_size"] > MAX_SECTION_BYTES or section["sh_offset"] + section["sh_size"] > self.file_size:
-                    # Corrupt or truncated (a debug file copied half-way): refuse it rather than read garbage.
-                    raise ElfError(f"{self.path}: section {section.name!r} runs past the end of the file")
+            has_bytes = section["sh_type"] != "SHT_NOBITS" and section["sh_size"] > 0
+            end = section["sh_offset"] + section["sh_size"]
+            if has_bytes and (section["sh_size"] > MAX_SECTION_BYTES or end > self.file_size):
+                # Corrupt or truncated (a debug file copied half-way): refuse it rather than read garbage.
+                raise ElfError(f"{self.path}: section {section.name!r} runs past the end of the file")
             sections.setdefault(section.name, section)
         return sections
 

@@ -236,10 +236,7 @@ def parse_status(pid: int, text: str) -> ProcessStatus:
             fields[key.strip()] = value.strip()
     tgid = int(fields.get("Tgid", pid))
     # Newer kernels say so in "Kthread"; older ones only show it by the missing VmSize (no user memory).
-    if "Kthread" in fields:
-        is_kernel_thread = fields["Kthread"] == "1"
-    else:
-        is_kernel_thread = "VmSize" not in fields
+    is_kernel_thread = fields["Kthread"] == "1" if "Kthread" in fields else "VmSize" not in fields
     return ProcessStatus(pid=pid, tgid=tgid, name=fields.get("Name", ""), is_kernel_thread=is_kernel_thread)
 
 

@@ -16,6 +16,7 @@ EVENT_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("duration_ns", "u64", "inclusive time from entry to return"),
     ("self_ns", "u64", "duration minus the inclusive time of traced callees"),
     ("call_id", "u64", "unique per traced call; links a call to its stack snapshot"),
+    ("parent_call_id", "u64", "call_id of the innermost enclosing traced call, 0 at top level"),
     ("path", "u64", "function ids of the enclosing traced calls, 8 bits each, outermost in the low byte"),
     ("argument0", "u64", "first interesting argument (size, arena, futex address, syscall length)"),
     ("argument1", "u64", "second interesting argument"),

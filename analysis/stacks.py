@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import cached_property
 
 import pandas as pd
-
 from arena_trace.tracer.trace_format import Trace
 
 UNKNOWN = "[unknown]"

@@ -23,7 +23,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-
 from arena_trace.probes.event_layout import HISTOGRAM_BUCKETS, event_schema
 
 FILE_MAGIC = b"ARENATRC"

@@ -9,7 +9,6 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 import pyarrow as pa
-
 from arena_trace.probes.event_layout import event_schema
 from arena_trace.tracer.trace_format import (
     FRAME_COLUMNS,

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from arena_trace.probes.event_layout import event_schema
@@ -27,8 +28,20 @@ class TraceWriterError(Exception):
     """The trace file cannot be created or written."""
 
 
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays (frame offsets, stack frame ids) must stay numbers and lists; the old
+    # default=str turned them into strings like "[1 2 3]" that no reader can use.
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray | tuple | set | frozenset):
+        return list(value.tolist() if isinstance(value, np.ndarray) else value)
+    return str(value)
+
+
 def _json_bytes(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":"), default=str).encode()
+    return json.dumps(document, separators=(",", ":"), default=_json_default).encode()
 
 
 class TraceWriter:

@@ -1,0 +1,339 @@
+"""Reading a trace file back into the same ``Trace`` the live recorder builds in memory.
+
+``read_trace(path, debug_dirs=()) -> Trace``
+
+Robustness rules (the file may come from a recorder that was SIGKILLed, a full disk, or anywhere else):
+
+* Nothing is allocated from a declared length before checking it against the file size and
+  ``MAX_SECTION_BYTES``; every payload is CRC-checked before it is parsed; JSON and Arrow only.
+* An unusable file (empty, not a trace, unsupported version, truncated header, no METADATA first, or
+  corruption before any event could be read) raises ``BadTraceError`` with one line naming the problem.
+* Damage after usable data stops the reading there: the sections before it are returned and
+  ``trace.damage`` says what was lost (and "no footer" when the recording did not finish).
+
+Memory: events are read in two passes. The first validates every section and records, per column, the
+largest value; the second fills preallocated columns of the narrowest unsigned type that holds every
+value (e.g. durations below 4.29 s become uint32), so loading costs about one row's width per event and
+never a second full copy. Analysis code must therefore not assume the uint64 dtypes of the file schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from arena_trace.probes.event_layout import event_schema
+from arena_trace.tracer.trace_format import (
+    FILE_MAGIC,
+    FORMAT_VERSION,
+    FRAME_COLUMNS,
+    HEADER,
+    MAX_SECTION_BYTES,
+    SECTION_HEADER,
+    SECTION_MAGIC,
+    STACK_COLUMNS,
+    SectionKind,
+    Trace,
+    aggregate_schema,
+    empty_aggregates,
+)
+
+from arena_trace.errors import BadTraceError
+
+_UNSIGNED = (np.uint8, np.uint16, np.uint32, np.uint64)
+
+
+def narrowest_unsigned(largest: int, declared: np.dtype) -> np.dtype:
+    """The smallest unsigned dtype holding ``largest``, never wider than the declared one."""
+    for candidate in _UNSIGNED:
+        if largest <= np.iinfo(candidate).max:
+            return np.dtype(candidate) if np.dtype(candidate).itemsize <= declared.itemsize else declared
+    return declared
+
+
+def compact_events(events: pd.DataFrame) -> pd.DataFrame:
+    """Narrow unsigned event columns in place of a copy (live mode may call this on its own frame)."""
+    columns = {}
+    for name in events.columns:
+        values = events[name].to_numpy()
+        if values.dtype.kind == "u" and len(values):
+            values = values.astype(narrowest_unsigned(int(values.max()), values.dtype), copy=False)
+        columns[name] = values
+    return pd.DataFrame(columns, copy=False)
+
+
+@dataclass
+class _EventSection:
+    offset: int  # of the payload in the file
+    length: int
+    rows: int
+
+
+@dataclass
+class _Scan:
+    metadata: dict[str, Any] | None = None
+    footer: dict[str, Any] = field(default_factory=dict)
+    event_sections: list[_EventSection] = field(default_factory=list)
+    column_maxima: dict[str, int] = field(default_factory=dict)
+    aggregates: pa.Table | None = None
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    stacks: list[dict[str, Any]] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)
+    last_event_ns: int | None = None
+    corrupted: bool = False  # damage other than the file simply ending early
+
+
+class _PayloadError(Exception):
+    """A section whose checksum is right but whose content cannot be used."""
+
+
+def _kind_name(kind: int) -> str:
+    try:
+        return SectionKind(kind).name
+    except ValueError:
+        return f"kind-{kind}"
+
+
+def _json_document(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _PayloadError(f"bad JSON in {what}: {error}") from None
+    if not isinstance(document, dict):
+        raise _PayloadError(f"{what} is not a JSON object")
+    return document
+
+
+def _arrow_batches(payload: bytes | memoryview, expected: pa.Schema, what: str) -> list[pa.RecordBatch]:
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(payload))
+        if not reader.schema.remove_metadata().equals(expected):
+            raise _PayloadError(f"{what} has an unexpected schema ({_schema_brief(reader.schema)})")
+        batches = list(reader)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as error:
+        raise _PayloadError(f"bad Arrow data in {what}: {str(error).splitlines()[0]}") from None
+    for batch in batches:
+        for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
+            if column.null_count:
+                raise _PayloadError(f"{what} has null values in column {column_name}")
+    return batches
+
+
+def _schema_brief(schema: pa.Schema) -> str:
+    text = ", ".join(f"{item.name}:{item.type}" for item in schema)
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def _cut_message(scan: _Scan, file_size: int, kind: str, start: int) -> str:
+    message = f"file cut at byte {file_size} inside a {kind} section that starts at byte {start}"
+    if scan.last_event_ns is not None and scan.metadata is not None:
+        start_ns = int(scan.metadata.get("start_ns") or 0)
+        seconds = (scan.last_event_ns - start_ns) / 1e9 if start_ns else None
+        message += f": events after t={seconds:.3f} s lost" if seconds is not None else ": later events lost"
+    return message
+
+
+class _Scanner:
+    """Pass 1: walk and validate every section; remember where the event batches are."""
+
+    def __init__(self, stream: BinaryIO, file_size: int, name: str) -> None:
+        self.stream = stream
+        self.file_size = file_size
+        self.name = name
+        self.schema = event_schema()
+        self.scan = _Scan()
+
+    def run(self) -> _Scan:
+        position = HEADER.size
+        while position < self.file_size:
+            if not self._section(position):
+                break
+            position = self.stream.tell()
+        return self.scan
+
+    def _damage(self, message: str, corrupted: bool) -> bool:
+        self.scan.damage.append(message)
+        self.scan.corrupted = corrupted
+        return False
+
+    def _section(self, position: int) -> bool:
+        scan = self.scan
+        self.stream.seek(position)
+        header = self.stream.read(SECTION_HEADER.size)
+        if len(header) < SECTION_HEADER.size:
+            return self._damage(f"file cut at byte {self.file_size} inside a section header", corrupted=False)
+        magic, kind, _encoding, _reserved, length, checksum = SECTION_HEADER.unpack(header)
+        kind_name = _kind_name(kind)
+        if magic != SECTION_MAGIC:
+            return self._damage(f"bad section magic at byte {position}: the remaining "
+                                f"{self.file_size - position} bytes are unreadable", corrupted=True)
+        if length > MAX_SECTION_BYTES:
+            return self._damage(f"{kind_name} section at byte {position} declares {length} bytes "
+                                f"(limit {MAX_SECTION_BYTES}): corrupted", corrupted=True)
+        payload_start = position + SECTION_HEADER.size
+        if payload_start + length > self.file_size:
+            return self._damage(_cut_message(scan, self.file_size, kind_name, position), corrupted=False)
+        payload = self.stream.read(length)
+        if len(payload) != length:  # the file shrank while we read it
+            return self._damage(_cut_message(scan, self.file_size, kind_name, position), corrupted=False)
+        if zlib.crc32(payload) != checksum:
+            return self._damage(f"{kind_name} section at byte {position} fails its checksum: it and "
+                                f"everything after it are ignored", corrupted=True)
+        if scan.metadata is None and kind != SectionKind.METADATA:
+            raise BadTraceError(f"{self.name}: no METADATA section at the start (found {kind_name})")
+        try:
+            self._decode(kind, payload, payload_start, position)
+        except _PayloadError as error:
+            if scan.metadata is None:
+                raise BadTraceError(f"{self.name}: {error}") from None
+            return self._damage(f"{error} (section at byte {position}): it and everything after it are ignored",
+                                corrupted=True)
+        return kind != SectionKind.FOOTER
+
+    def _decode(self, kind: int, payload: bytes, payload_start: int, position: int) -> None:
+        scan = self.scan
+        if kind == SectionKind.METADATA:
+            if scan.metadata is not None:
+                raise _PayloadError("a second METADATA section")
+            scan.metadata = _json_document(payload, "METADATA")
+        elif kind == SectionKind.EVENTS:
+            batches = _arrow_batches(payload, self.schema, "EVENTS section")
+            rows = sum(batch.num_rows for batch in batches)
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
+                    if pa.types.is_unsigned_integer(column.type):
+                        largest = pc.max(column).as_py()
+                        scan.column_maxima[column_name] = max(scan.column_maxima.get(column_name, 0), largest)
+                last = pc.max(batch.column("timestamp_ns")).as_py()
+                scan.last_event_ns = max(scan.last_event_ns or 0, last)
+            scan.event_sections.append(_EventSection(payload_start, len(payload), rows))
+        elif kind == SectionKind.AGGREGATES:
+            batches = _arrow_batches(payload, aggregate_schema(), "AGGREGATES section")
+            scan.aggregates = pa.Table.from_batches(batches, schema=aggregate_schema())
+        elif kind == SectionKind.SYMBOLS:
+            document = _json_document(payload, "SYMBOLS section")
+            frames, stacks = document.get("frames", []), document.get("stacks", [])
+            if not isinstance(frames, list) or not isinstance(stacks, list):
+                raise _PayloadError("SYMBOLS section: frames and stacks must be lists")
+            scan.frames += [frame for frame in frames if isinstance(frame, dict)]
+            scan.stacks += [stack for stack in stacks if isinstance(stack, dict)]
+        elif kind == SectionKind.FOOTER:
+            scan.footer = _json_document(payload, "FOOTER")
+        # Unknown kinds are skipped: version 1 readers ignore sections added later (docs/trace-format.md).
+
+
+def _read_header(stream: BinaryIO, file_size: int, name: str) -> None:
+    if file_size == 0:
+        raise BadTraceError(f"{name}: empty file (0 bytes), not an arena-trace file")
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        if FILE_MAGIC.startswith(header[:len(FILE_MAGIC)]) or header.startswith(FILE_MAGIC):
+            raise BadTraceError(f"{name}: truncated header ({len(header)} of {HEADER.size} bytes)")
+        raise BadTraceError(f"{name}: not an arena-trace file (bad magic)")
+    magic, version, _flags, _reserved = HEADER.unpack(header)
+    if magic != FILE_MAGIC:
+        raise BadTraceError(f"{name}: not an arena-trace file (bad magic)")
+    if version != FORMAT_VERSION:
+        raise BadTraceError(f"{name}: unsupported trace format version {version} "
+                            f"(this arena-trace reads version {FORMAT_VERSION})")
+
+
+def _load_events(stream: BinaryIO, scan: _Scan) -> pd.DataFrame:
+    """Pass 2: fill narrowed, preallocated columns batch by batch (one payload in memory at a time)."""
+    schema = event_schema()
+    total = sum(section.rows for section in scan.event_sections)
+    columns: dict[str, np.ndarray] = {}
+    for item in schema:
+        declared = np.dtype(item.type.to_pandas_dtype())
+        dtype = narrowest_unsigned(scan.column_maxima.get(item.name, 0), declared) if declared.kind == "u" \
+            else declared
+        columns[item.name] = np.empty(total, dtype=dtype)
+    offset = 0
+    for section in scan.event_sections:
+        stream.seek(section.offset)
+        payload = stream.read(section.length)
+        for batch in pa.ipc.open_stream(pa.py_buffer(payload)):
+            rows = batch.num_rows
+            for name, column in zip(batch.schema.names, batch.columns, strict=True):
+                # Values were checked against the column maxima in pass 1, so narrowing is lossless.
+                columns[name][offset:offset + rows] = column.to_numpy(zero_copy_only=False)
+            offset += rows
+        del payload
+    return pd.DataFrame(columns, copy=False)
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value, 0) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def frames_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [(_optional_int(record.get("frame_id")), _optional_text(record.get("module")),
+             _optional_text(record.get("build_id")), _optional_int(record.get("module_offset")),
+             str(record.get("symbol") or ""), _optional_int(record.get("symbol_offset")),
+             _optional_text(record.get("file")), _optional_int(record.get("line"))) for record in records]
+    rows = [row for row in rows if row[0] is not None]
+    return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
+
+
+def stacks_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for record in records:
+        stack_id = _optional_int(record.get("stack_id"))
+        frame_ids = record.get("frame_ids")
+        if stack_id is None or not isinstance(frame_ids, list):
+            continue
+        frames = [_optional_int(frame) for frame in frame_ids]
+        rows.append((stack_id, [frame for frame in frames if frame is not None], str(record.get("status", ""))))
+    return pd.DataFrame(rows, columns=list(STACK_COLUMNS))
+
+
+def read_trace(path: str | os.PathLike[str], debug_dirs: tuple[str, ...] | list[str] = ()) -> Trace:
+    """Read a trace file; raise BadTraceError when unusable, else return it with ``damage`` filled in."""
+    name = os.fspath(path)
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+    except IsADirectoryError:
+        raise BadTraceError(f"{name}: is a directory, not a trace file") from None
+    except OSError as error:
+        raise BadTraceError(f"cannot open {name}: {error.strerror or error}") from None
+    try:
+        file_size = os.fstat(stream.fileno()).st_size
+        _read_header(stream, file_size, name)
+        scan = _Scanner(stream, file_size, name).run()
+        if scan.metadata is None:
+            detail = scan.damage[0] if scan.damage else "the file ends after its header"
+            raise BadTraceError(f"{name}: no METADATA section ({detail})")
+        if scan.corrupted and not scan.event_sections:
+            raise BadTraceError(f"{name}: {scan.damage[-1]}")
+        if not scan.footer:
+            scan.damage.append("no footer: the recording did not finish (recorder killed or disk full?)")
+        events = _load_events(stream, scan)
+    finally:
+        stream.close()
+    aggregates = scan.aggregates.to_pandas() if scan.aggregates is not None else empty_aggregates()
+    trace = Trace(metadata=scan.metadata, events=events, aggregates=aggregates, frames=frames_frame(scan.frames),
+                  stacks=stacks_frame(scan.stacks), footer=scan.footer, damage=scan.damage)
+    if debug_dirs:
+        from arena_trace.analysis.resymbolize import resymbolize
+
+        resymbolize(trace, [str(directory) for directory in debug_dirs])
+    return trace
+

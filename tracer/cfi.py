@@ -111,11 +111,8 @@ class CfiRow:
     # saved register at CFA + offset. None when any rule is of another kind.
     saved_offsets: tuple[tuple[int, int], ...] | None
     return_address_offset: int | None
-
-    @property
-    def return_address_undefined(self) -> bool:
-        rule = self.rules.get(self.return_address_register)
-        return rule is None or rule[0] == RULE_UNDEFINED
+    # No rule or an "undefined" rule for the return address: the outermost frame (_start, clone3 child).
+    return_address_undefined: bool
 
 
 def _make_row(
@@ -153,6 +150,7 @@ def _make_row(
         is_signal_frame=is_signal_frame,
         saved_offsets=saved_offsets,
         return_address_offset=return_address_offset,
+        return_address_undefined=return_rule is None or return_rule[0] == RULE_UNDEFINED,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,8 @@ ADDRESS_MASK = (1 << 64) - 1
 # Registers the x86-64 psABI makes callee-saved: without a rule they keep their value across a frame.
 # All others are clobbered by calls, so their value in the caller is unknown.
 CALLEE_SAVED_REGISTERS = (3, 6, 12, 13, 14, 15)
+CALLER_SAVED_REGISTERS = (0, 1, 2, 4, 5, 8, 9, 10, 11)
+_UNPACK_U64 = struct.Struct("<Q").unpack_from
 
 STATUS_COMPLETE = "complete"
 STATUS_TRUNCATED = "truncated-snapshot"
@@ -171,6 +174,33 @@ _BINARY_OPERATIONS: dict[int, Callable[[int, int], int]] = {
 }
 
 
+_SINGLE_REGISTER_OFFSETS: dict[bytes, tuple[int, int] | None] = {}
+
+
+def _single_register_offset(expression: bytes) -> tuple[int, int] | None:
+    """(register, offset) when the expression is exactly one DW_OP_bregN; memoized per expression."""
+    if expression in _SINGLE_REGISTER_OFFSETS:
+        return _SINGLE_REGISTER_OFFSETS[expression]
+    result = None
+    if expression and 0x70 <= expression[0] <= 0x8F:
+        try:
+            offset, position = _read_sleb(expression, 1)
+        except _StopUnwind:
+            position = -1
+        if position == len(expression):
+            result = (expression[0] - 0x70, offset)
+    if len(_SINGLE_REGISTER_OFFSETS) < 4096:
+        _SINGLE_REGISTER_OFFSETS[expression] = result
+    return result
+
+
+def _register_value_or_stop(registers: list[int | None], number: int) -> int:
+    value = registers[number] if 0 <= number < REGISTER_COUNT else None
+    if value is None:
+        raise _StopUnwind(STATUS_BAD_CFA)
+    return value
+
+
 def evaluate_expression(
     expression: bytes,
     registers: list[int | None],
@@ -183,6 +213,10 @@ def evaluate_expression(
     plus) and the signal frame's register slots (breg7 + deref). Raises _StopUnwind on anything it
     cannot evaluate, so a garbage snapshot ends the unwind instead of the caller.
     """
+    simple = _single_register_offset(expression)
+    if simple is not None:
+        # "DW_OP_bregN off" alone: every register slot of the signal frame looks like this.
+        return (_register_value_or_stop(registers, simple[0]) + simple[1]) & ADDRESS_MASK
     stack = [value & ADDRESS_MASK for value in initial_stack]
     position = 0
     steps = 0
@@ -192,12 +226,6 @@ def evaluate_expression(
         if not stack:
             raise _StopUnwind(STATUS_BAD_CFA)
         return stack.pop()
-
-    def register_value(number: int) -> int:
-        value = registers[number] if 0 <= number < REGISTER_COUNT else None
-        if value is None:
-            raise _StopUnwind(STATUS_BAD_CFA)
-        return value
 
     while position < length:
         steps += 1
@@ -209,13 +237,13 @@ def evaluate_expression(
             stack.append(opcode - 0x30)
         elif 0x70 <= opcode <= 0x8F:  # breg0..breg31
             offset, position = _read_sleb(expression, position)
-            stack.append((register_value(opcode - 0x70) + offset) & ADDRESS_MASK)
+            stack.append((_register_value_or_stop(registers, opcode - 0x70) + offset) & ADDRESS_MASK)
         elif 0x50 <= opcode <= 0x6F:  # reg0..reg31, used as a value here
-            stack.append(register_value(opcode - 0x50))
+            stack.append(_register_value_or_stop(registers, opcode - 0x50))
         elif opcode == 0x92:  # bregx
             number, position = _read_uleb(expression, position)
             offset, position = _read_sleb(expression, position)
-            stack.append((register_value(number) + offset) & ADDRESS_MASK)
+            stack.append((_register_value_or_stop(registers, number) + offset) & ADDRESS_MASK)
         elif opcode in _CONSTANT_FORMATS:
             size, is_signed = _CONSTANT_FORMATS[opcode]
             if position + size > length:
@@ -376,86 +404,131 @@ class Unwinder:
         pcs: list[int],
         max_frames: int,
     ) -> str:
+        # Hot loop: a tracer unwinds every event, so the common row (CFA = reg + off, everything saved
+        # at CFA + off) avoids method calls and exceptions; other rows go through _step_general.
+        data = memory.data
+        base = memory.base
+        size = len(data)
+        unpack = _UNPACK_U64
+        row_cache = self._row_cache
         lookup_pc = pcs[0]  # the innermost pc is exact; return addresses are looked up at RA - 1
         previous_cfa = -1
+        # Caller-saved registers are unknown in callers; they only need clearing while they hold values.
+        volatile_known = True
         while True:
-            row = self._row_for(lookup_pc)
-            if isinstance(row, str):
+            row = row_cache.get(lookup_pc)
+            if row is None:
+                row = self._row_for(lookup_pc)
+            if type(row) is str:
                 return row
+            assert isinstance(row, CfiRow)
+            if row.return_address_undefined:
+                return STATUS_COMPLETE
             stack_pointer = registers[RSP]
             assert stack_pointer is not None
-            return_rule = row.rules.get(row.return_address_register)
-            if return_rule is None or return_rule[0] == 0:
-                return STATUS_COMPLETE
 
-            if row.cfa_expression is None:
-                cfa_base = registers[row.cfa_register] if 0 <= row.cfa_register < REGISTER_COUNT else None
+            saved_offsets = row.saved_offsets
+            if saved_offsets is not None:
+                cfa_register = row.cfa_register
+                cfa_base = registers[cfa_register] if cfa_register < REGISTER_COUNT else None
                 if cfa_base is None:
                     return STATUS_BAD_CFA
                 cfa = (cfa_base + row.cfa_offset) & ADDRESS_MASK
+                # The CFA is the caller's sp, which lies strictly above this frame's sp (and above every
+                # earlier CFA). Requiring it makes every step move up the stack, so garbage cannot loop.
+                if cfa <= stack_pointer or cfa <= previous_cfa:
+                    return STATUS_BAD_CFA
+                return_slot = cfa + row.return_address_offset  # type: ignore[operator]
+                offset = return_slot - base
+                if offset < 0:
+                    return STATUS_BAD_CFA
+                if offset + 8 > size:
+                    return STATUS_TRUNCATED
+                return_address = unpack(data, offset)[0]
+                for number, saved_offset in saved_offsets:
+                    offset = cfa + saved_offset - base
+                    if offset < 0:
+                        return STATUS_BAD_CFA
+                    if offset + 8 > size:
+                        return STATUS_TRUNCATED
+                    registers[number] = unpack(data, offset)[0]
+                if volatile_known:
+                    for number in CALLER_SAVED_REGISTERS:
+                        registers[number] = None
+                    volatile_known = False
+                registers[RSP] = cfa
             else:
-                cfa = evaluate_expression(row.cfa_expression, registers, memory)
-            # The CFA is the caller's sp, which lies strictly above this frame's sp (and above every
-            # earlier CFA). Requiring it makes every step move up the stack, so garbage cannot loop.
-            if cfa <= stack_pointer or cfa <= previous_cfa:
-                return STATUS_BAD_CFA
+                lowest_cfa = max(stack_pointer, previous_cfa)
+                cfa, return_address, return_slot, registers = self._step_general(row, registers, memory, lowest_cfa)
+                volatile_known = True
             previous_cfa = cfa
 
-            caller: list[int | None] = [None] * REGISTER_COUNT
-            for number in CALLEE_SAVED_REGISTERS:
-                caller[number] = registers[number]
-            return_slot: int | None = None
-            if row.saved_offsets is not None:
-                assert row.return_address_offset is not None
-                return_slot = cfa + row.return_address_offset
-                return_address = memory.read(return_slot)
-                for number, offset in row.saved_offsets:
-                    caller[number] = memory.read(cfa + offset)
-            else:
-                return_address = None
-                for number, (kind, operand) in row.rules.items():
-                    value: int | None
-                    slot: int | None = None
-                    if kind == RULE_OFFSET:
-                        slot = (cfa + operand) & ADDRESS_MASK
-                        value = memory.read(slot)
-                    elif kind == RULE_VAL_OFFSET:
-                        value = (cfa + operand) & ADDRESS_MASK
-                    elif kind == RULE_REGISTER:
-                        value = registers[operand] if 0 <= operand < REGISTER_COUNT else None
-                    elif kind == RULE_EXPRESSION:
-                        slot = evaluate_expression(operand, registers, memory, (cfa,))
-                        value = memory.read(slot)
-                    elif kind == RULE_VAL_EXPRESSION:
-                        value = evaluate_expression(operand, registers, memory, (cfa,))
-                    elif kind == RULE_SAME_VALUE:
-                        value = registers[number] if number < REGISTER_COUNT else None
-                    else:
-                        value = None
-                    if number == row.return_address_register:
-                        return_address = value
-                        return_slot = slot
-                    elif number < REGISTER_COUNT:
-                        caller[number] = value
-                if return_address is None:
-                    return STATUS_BAD_CFA
-            if caller[RSP] is None or row.saved_offsets is not None or RSP not in row.rules:
-                caller[RSP] = cfa
-
-            if return_slot is not None and return_slot in shadow and self.module_for(return_address) is None:
+            if shadow and return_slot in shadow and self.module_for(return_address) is None:
                 # A uretprobe put its trampoline into this slot; the BPF side kept the original.
                 return_address = shadow[return_slot] & ADDRESS_MASK
             if return_address == 0:
                 # Some hand-written entry points zero the return address instead of marking it
                 # undefined; without CFI saying so this is not a clean end, so it is not "complete".
                 return STATUS_BAD_CFA
-            caller[RIP] = return_address
+            registers[RIP] = return_address
             pcs.append(return_address)
             if len(pcs) >= max_frames:
                 return STATUS_MAX_DEPTH
-            registers = caller
             # After a signal frame the "return address" is the interrupted pc itself, not a call site.
             lookup_pc = return_address if row.is_signal_frame else return_address - 1
+
+    @staticmethod
+    def _step_general(
+        row: CfiRow, registers: list[int | None], memory: _Memory, lowest_cfa: int
+    ) -> tuple[int, int, int | None, list[int | None]]:
+        """One frame under arbitrary rules: returns (cfa, return address, its slot, caller registers).
+
+        The CFA must lie above lowest_cfa (this frame's sp and every earlier CFA), checked before any
+        rule reads memory so that a wild CFA reports "bad-cfa" rather than a misleading truncation.
+        """
+        if row.cfa_expression is None:
+            cfa_base = registers[row.cfa_register] if 0 <= row.cfa_register < REGISTER_COUNT else None
+            if cfa_base is None:
+                raise _StopUnwind(STATUS_BAD_CFA)
+            cfa = (cfa_base + row.cfa_offset) & ADDRESS_MASK
+        else:
+            cfa = evaluate_expression(row.cfa_expression, registers, memory)
+        if cfa <= lowest_cfa:
+            raise _StopUnwind(STATUS_BAD_CFA)
+        caller: list[int | None] = [None] * REGISTER_COUNT
+        for number in CALLEE_SAVED_REGISTERS:
+            caller[number] = registers[number]
+        return_address: int | None = None
+        return_slot: int | None = None
+        for number, (kind, operand) in row.rules.items():
+            value: int | None
+            slot: int | None = None
+            if kind == RULE_OFFSET:
+                slot = (cfa + operand) & ADDRESS_MASK
+                value = memory.read(slot)
+            elif kind == RULE_VAL_OFFSET:
+                value = (cfa + operand) & ADDRESS_MASK
+            elif kind == RULE_REGISTER:
+                value = registers[operand] if 0 <= operand < REGISTER_COUNT else None
+            elif kind == RULE_EXPRESSION:
+                slot = evaluate_expression(operand, registers, memory, (cfa,))
+                value = memory.read(slot)
+            elif kind == RULE_VAL_EXPRESSION:
+                value = evaluate_expression(operand, registers, memory, (cfa,))
+            elif kind == RULE_SAME_VALUE:
+                value = registers[number] if number < REGISTER_COUNT else None
+            else:
+                value = None
+            if number == row.return_address_register:
+                return_address = value
+                return_slot = slot
+            elif number < REGISTER_COUNT:
+                caller[number] = value
+        if return_address is None:
+            raise _StopUnwind(STATUS_BAD_CFA)
+        if caller[RSP] is None or RSP not in row.rules:
+            caller[RSP] = cfa
+        return cfa, return_address, return_slot, caller
 
 
 # --- building modules from /proc/PID/maps ---------------------------------------------------------

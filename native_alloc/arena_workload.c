@@ -58,6 +58,7 @@ typedef struct trec {
     uint64_t iterations;
     uint64_t c[NCOUNT];
     uint64_t verify_errors;
+    uint64_t bytes_requested; /* sum of the size arguments of the counted calls */
 } trec;
 
 static struct {
@@ -188,6 +189,7 @@ static void *x_alloc(ctx *c, size_t n) {
     else
         p = na_alloc(c->arena, n);
     c->t->c[C_ALLOC]++;
+    c->t->bytes_requested += n;
     escape(p);
     if (!p) die("arena-workload: allocation of %zu bytes failed\n", n);
     return p;
@@ -205,6 +207,7 @@ static void x_free(ctx *c, void *p) {
 static void *x_calloc(ctx *c, size_t n) {
     void *p = calloc(1, n);
     c->t->c[C_CALLOC]++;
+    c->t->bytes_requested += n;
     escape(p);
     if (!p) die("arena-workload: calloc(%zu) failed\n", n);
     return p;
@@ -214,6 +217,7 @@ static void *x_realloc(ctx *c, void *old, size_t n) {
     escape(old);
     void *p = realloc(old, n);
     c->t->c[C_REALLOC]++;
+    c->t->bytes_requested += n;
     escape(p);
     if (!p) die("arena-workload: realloc(%zu) failed\n", n);
     return p;
@@ -387,6 +391,7 @@ static void run_batch_contention(ctx *c, int sizes) {
         size_t n = pick_size(sizes, &c->rng);
         size_t got = na_alloc_batch(c->arena, n, BATCH_N, out);
         c->t->c[C_BATCH]++;
+        c->t->bytes_requested += n * BATCH_N;
         if (got != BATCH_N) die("arena-workload: na_alloc_batch returned %zu\n", got);
         for (int k = 0; k < BATCH_N; k++) put(c, out[k], n);
         for (int k = 0; k < BATCH_N; k++) drop(c, out[k], n);
@@ -488,7 +493,7 @@ static void usage(int code) {
         "  --sizes small|medium|large|mixed   request sizes (<=128 B, 129 B..1 KiB, 1 KiB..64 KiB)\n"
         "  --live N                   live-set size per worker (contention default 64, growth 4096)\n"
         "  --arena-per-thread         native: one arena per worker instead of one shared arena\n"
-        "  --no-tcache                native: create arenas with NA_ARENA_NO_TCACHE\n"
+        "  --no-tcache                native: create arenas with NA_ARENA_NO_TCACHE (always on for contention)\n"
         "  --arena-max N              glibc: mallopt(M_ARENA_MAX, N) before starting threads\n"
         "  --delay SEC                sleep before starting\n"
         "  --wait-signal              print 'ready pid=N' on stderr and wait for SIGUSR1 before starting\n"
@@ -571,6 +576,8 @@ int main(int argc, char **argv) {
     if (opt.scenario == S_BATCH_CONTENTION && opt.allocator != A_NATIVE)
         die("arena-workload: batch-contention needs --allocator native\n");
     if (opt.duration > 0 && opt.iterations >= 0) die("arena-workload: give --iterations or --duration, not both\n");
+    /* the thread cache would absorb every small request, so contention on native goes to the lock */
+    if (opt.scenario == S_CONTENTION) opt.no_tcache = 1;
     if (opt.duration <= 0 && opt.iterations < 0) opt.iterations = opt.scenario == S_CHURN ? 100 : 10000;
 
     records = map_zeroed(MAX_RECORDS * sizeof(trec));
@@ -646,10 +653,11 @@ int main(int argc, char **argv) {
         sum.largest_free_share = sum.bytes_free ? (double)sum.largest_free / (double)sum.bytes_free : 0;
     }
 
-    uint64_t total[NCOUNT] = {0}, errors = 0, iters = 0;
+    uint64_t total[NCOUNT] = {0}, errors = 0, iters = 0, requested = 0;
     for (uint32_t r = 0; r < nrecords; r++) {
         for (int k = 0; k < NCOUNT; k++) total[k] += records[r].c[k];
         errors += records[r].verify_errors;
+        requested += records[r].bytes_requested;
         if (records[r].role == ROLE_WORKER) iters += records[r].iterations;
     }
 
@@ -661,15 +669,18 @@ int main(int argc, char **argv) {
         emit(", \"iterations\": %ld, \"duration_s\": null", opt.iterations);
     else
         emit(", \"iterations\": null, \"duration_s\": %.9g", opt.duration);
-    emit(", \"iterations_total\": %llu", (unsigned long long)iters);
+    emit(", \"iterations_total\": %llu, \"bytes_requested\": %llu", (unsigned long long)iters,
+         (unsigned long long)requested);
     emit(", \"arena_per_thread\": %s", opt.arena_per_thread ? "true" : "false");
+    emit(", \"tcache\": %s", opt.allocator == A_NATIVE && !opt.no_tcache ? "true" : "false");
     emit(", \"pid\": %ld, \"elapsed_ns\": %llu, \"calls\": ", (long)getpid(), (unsigned long long)elapsed);
     emit_calls(total);
     emit(", \"per_thread\": [");
     for (uint32_t r = 0; r < nrecords; r++) {
-        emit("%s{\"tid\": %ld, \"role\": \"%s\", \"index\": %d, \"iterations\": %llu, \"calls\": ", r ? ", " : "",
-             records[r].tid, role_names[records[r].role], records[r].index,
-             (unsigned long long)records[r].iterations);
+        emit("%s{\"tid\": %ld, \"role\": \"%s\", \"index\": %d, \"iterations\": %llu, \"bytes_requested\": %llu, "
+             "\"calls\": ",
+             r ? ", " : "", records[r].tid, role_names[records[r].role], records[r].index,
+             (unsigned long long)records[r].iterations, (unsigned long long)records[r].bytes_requested);
         emit_calls(records[r].c);
         emit("}");
     }

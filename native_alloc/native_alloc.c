@@ -546,9 +546,10 @@ HIDDEN void na_free_impl(na_arena_t *a, void *p) {
     } else if (magic == SPAN_MAGIC) {
         span_t *s = (span_t *)p - 1;
         owner = s->arena;
-        if (UNLIKELY(s->size_flags & (SPAN_FREE | SPAN_SLAB))) na_die("na_free(): double free or invalid pointer\n");
         if (UNLIKELY(a && a != owner)) na_die("na_free(): block belongs to another arena\n");
         arena_lock(owner);
+        /* checked under the lock: neighbouring frees update this header's PREV_FREE bit */
+        if (UNLIKELY(s->size_flags & (SPAN_FREE | SPAN_SLAB))) na_die("na_free(): double free or invalid pointer\n");
         owner->bytes_in_use -= span_size(s) - NA_SPAN_HEADER;
         span_release(owner, s);
         arena_unlock(owner);

@@ -1,0 +1,97 @@
+"""Time-ordered (evented) speedscope profiles: one per thread, built from the streamed slow-path calls.
+
+Calls nest through ``parent_call_id``; a call whose parent was not streamed (aggregated or lost) is a top-level
+call. A top-level call opens its whole root-first stack, a nested call opens only the frames its stack adds
+below its parent's. Times are clamped so the result always nests: a child never starts before its parent or a
+previous sibling ends and never ends after its parent (clock jitter between probes must not produce an
+unbalanced file, which speedscope cannot open).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+from arena_trace.analysis.profile_stacks import Frame, StackBuilder
+
+# Beyond this many top-level calls per thread, keep the longest ones: the timeline is for finding stalls,
+# and a file with millions of events would be too large for a browser tab.
+MAX_TOP_LEVEL_CALLS = 5000
+
+
+@dataclass
+class _Call:
+    start: int
+    end: int
+    frames: tuple[Frame, ...]
+    children: list[_Call] = field(default_factory=list)
+
+
+@dataclass
+class Timeline:
+    tid: int
+    events: list[tuple[str, Frame, int]]  # (O|C, frame, at)
+    kept_calls: int
+    total_calls: int
+    end: int
+
+
+def _common_prefix(first: tuple[Frame, ...], second: tuple[Frame, ...]) -> int:
+    length = 0
+    for left, right in zip(first, second, strict=False):
+        if left != right:
+            break
+        length += 1
+    return length
+
+
+def _emit(call: _Call, opened: tuple[Frame, ...], lower: int, upper: int,
+          output: list[tuple[str, Frame, int]]) -> int:
+    """Append the call's events; returns its (clamped) end time."""
+    start = min(max(call.start, lower), upper)
+    end = min(max(call.end, start), upper)
+    shared = _common_prefix(opened, call.frames)
+    # A child whose stack does not extend its parent's (different call site) still nests: open its leaf only.
+    new_frames = call.frames[shared:] if shared == len(opened) else call.frames[-1:]
+    for frame in new_frames:
+        output.append(("O", frame, start))
+    cursor = start
+    for child in sorted(call.children, key=lambda item: item.start):
+        cursor = _emit(child, (*opened, *new_frames), cursor, end, output)
+    for frame in reversed(new_frames):
+        output.append(("C", frame, end))
+    return end
+
+
+def build_timelines(events: pd.DataFrame, stacks: StackBuilder, base: int, max_threads: int) -> list[Timeline]:
+    """Timelines for the ``max_threads`` threads with the most streamed allocator time."""
+    if events.empty:
+        return []
+    time_per_thread = events.groupby("tid")["duration_ns"].sum().sort_values(ascending=False, kind="stable")
+    timelines = []
+    for tid in time_per_thread.index[:max_threads]:
+        rows = events[events["tid"] == tid]
+        calls: dict[int, _Call] = {}
+        parents: dict[int, int] = {}
+        for row in rows[["call_id", "parent_call_id", "timestamp_ns", "duration_ns", "stack_id", "path",
+                         "function"]].itertuples(index=False):
+            start = int(row.timestamp_ns) - base
+            frames = stacks.stack(int(row.stack_id), int(row.path), int(row.function))
+            calls[int(row.call_id)] = _Call(start, start + int(row.duration_ns), frames)
+            parents[int(row.call_id)] = int(row.parent_call_id)
+        roots = []
+        for call_id, call in calls.items():
+            parent = calls.get(parents[call_id])
+            if parent is not None and parents[call_id] != call_id:
+                parent.children.append(call)
+            else:
+                roots.append(call)
+        total = len(roots)
+        if total > MAX_TOP_LEVEL_CALLS:
+            roots = sorted(roots, key=lambda call: call.end - call.start, reverse=True)[:MAX_TOP_LEVEL_CALLS]
+        output: list[tuple[str, Frame, int]] = []
+        cursor = 0
+        for root in sorted(roots, key=lambda call: call.start):
+            cursor = _emit(root, (), cursor, max(root.end, cursor), output)
+        timelines.append(Timeline(int(tid), output, len(roots), total, cursor))
+    return timelines

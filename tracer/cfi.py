@@ -128,6 +128,7 @@ def _make_row(
     return_rule = rules.get(return_address_register)
     simple = (
         cfa_expression is None
+        and cfa_register >= 0
         and not is_signal_frame
         and return_rule is not None
         and return_rule[0] == RULE_OFFSET

@@ -341,7 +341,7 @@ class Unwinder:
         self._modules = sorted(modules, key=lambda module: module.start)
         self._starts = [module.start for module in self._modules]
         self._tables: dict[int, CfiTable | None] = {}
-        # lookup pc -> (row, module index) or a stop status; a pc's rule never changes for one image.
+        # lookup pc -> its CFI row, or the stop status for it; a pc's rules never change for one image.
         self._row_cache: dict[int, CfiRow | str] = {}
 
     def module_for(self, address: int) -> UnwindModule | None:
@@ -430,7 +430,7 @@ class Unwinder:
             saved_offsets = row.saved_offsets
             if saved_offsets is not None:
                 cfa_register = row.cfa_register
-                cfa_base = registers[cfa_register] if cfa_register < REGISTER_COUNT else None
+                cfa_base = registers[cfa_register] if 0 <= cfa_register < REGISTER_COUNT else None
                 if cfa_base is None:
                     return STATUS_BAD_CFA
                 cfa = (cfa_base + row.cfa_offset) & ADDRESS_MASK

@@ -280,19 +280,18 @@ def make_trace(seed: int = 0, threads: int = 4, full: bool = True, contention: b
 
     brk = 0x5555_5576_0000
     if growth:
-        # Repeated small heap growth on main_arena: sysmalloc → brk of 132 KiB each time.
-        for _ in range(60):
-            start = at()
-            duration = int(rng.integers(8_000, 40_000))
-            brk += 132 << 10
-            syscall_time = int(duration * 0.6)
-            grow = call("sysmalloc", start, duration,
-                        call("brk", start + 500, syscall_time, argument0=brk, return_value=brk),
-                        argument0=(132 << 10) - 4096, argument1=MAIN_ARENA, stack_id=stacks["malloc_grow"])
-            builder.add(int(rng.choice(tids)), wrap(grow))
-        # Trim / regrow cycles: systrim gives 256 KiB back, sysmalloc takes it again.
-        for _ in range(8):
-            start = at()
+        # Repeated small heap growth on main_arena (sysmalloc → brk of 132 KiB each time), and trim / regrow
+        # cycles (systrim gives 256 KiB back, sysmalloc takes it again). The break moves in time order.
+        plan = sorted([(at(), "grow") for _ in range(60)] + [(at(), "trim") for _ in range(8)])
+        for start, kind in plan:
+            if kind == "grow":
+                duration = int(rng.integers(8_000, 40_000))
+                brk += 132 << 10
+                grow = call("sysmalloc", start, duration,
+                            call("brk", start + 500, int(duration * 0.6), argument0=brk, return_value=brk),
+                            argument0=(132 << 10) - 4096, argument1=MAIN_ARENA, stack_id=stacks["malloc_grow"])
+                builder.add(int(rng.choice(tids)), wrap(grow))
+                continue
             brk -= 256 << 10
             trim = call("systrim", start, 9_000, call("brk", start + 1_000, 6_000, argument0=brk, return_value=brk),
                         argument0=128 << 10, stack_id=stacks["trim"])
@@ -302,7 +301,7 @@ def make_trace(seed: int = 0, threads: int = 4, full: bool = True, contention: b
                         call("brk", start + 31_000, 11_000, argument0=brk, return_value=brk),
                         argument0=256 << 10, argument1=MAIN_ARENA, stack_id=stacks["malloc_grow"])
             builder.add(tids[-1], wrap(grow))
-        # Same-size mmap/munmap pairs: 256 KiB requests above the mmap threshold.
+    # Same-size mmap/munmap pairs: 256 KiB requests above the mmap threshold.
         for _ in range(12):
             start = at()
             mapped = call("sysmalloc", start, 20_000, call("mmap", start + 800, 15_000, argument0=(256 << 10) + 4096,

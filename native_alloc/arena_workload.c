@@ -145,34 +145,39 @@ static inline void escape(void *p) { __asm__ volatile("" : : "g"(p) : "memory");
  * mmap-sized blocks stay cheap while every page is still touched and checked. */
 static inline uint8_t pat(const void *p, size_t n, size_t i) { return (uint8_t)(((uintptr_t)p >> 4) ^ n ^ (i * 131)); }
 
-static void fill(void *p, size_t n) {
-    uint8_t *b = p;
+/* `key` is the address the pattern was derived from: the block itself, or its old address after
+ * realloc moved it. */
+static void fill_as(void *dst, const void *key, size_t n) {
+    uint8_t *b = dst;
     if (n <= 4096) {
-        for (size_t i = 0; i < n; i++) b[i] = pat(p, n, i);
+        for (size_t i = 0; i < n; i++) b[i] = pat(key, n, i);
         return;
     }
-    for (size_t i = 0; i < 64; i++) b[i] = pat(p, n, i);
-    for (size_t i = n - 64; i < n; i++) b[i] = pat(p, n, i);
+    for (size_t i = 0; i < 64; i++) b[i] = pat(key, n, i);
+    for (size_t i = n - 64; i < n; i++) b[i] = pat(key, n, i);
     for (size_t i = 4096; i + 8 <= n; i += 4096)
-        for (size_t k = i; k < i + 8; k++) b[k] = pat(p, n, k);
+        for (size_t k = i; k < i + 8; k++) b[k] = pat(key, n, k);
 }
 
-static int check(const void *p, size_t n) {
-    const uint8_t *b = p;
+static int check_as(const void *src, const void *key, size_t n) {
+    const uint8_t *b = src;
     if (n <= 4096) {
         for (size_t i = 0; i < n; i++)
-            if (b[i] != pat(p, n, i)) return 0;
+            if (b[i] != pat(key, n, i)) return 0;
         return 1;
     }
     for (size_t i = 0; i < 64; i++)
-        if (b[i] != pat(p, n, i)) return 0;
+        if (b[i] != pat(key, n, i)) return 0;
     for (size_t i = n - 64; i < n; i++)
-        if (b[i] != pat(p, n, i)) return 0;
+        if (b[i] != pat(key, n, i)) return 0;
     for (size_t i = 4096; i + 8 <= n; i += 4096)
         for (size_t k = i; k < i + 8; k++)
-            if (b[k] != pat(p, n, k)) return 0;
+            if (b[k] != pat(key, n, k)) return 0;
     return 1;
 }
+
+static void fill(void *p, size_t n) { fill_as(p, p, n); }
+static int check(const void *p, size_t n) { return check_as(p, p, n); }
 
 /* ---------------------------------------------------------------- counted allocator calls */
 
@@ -302,12 +307,7 @@ static void run_growth(ctx *c, int sizes, long live) {
             size_t nn = prev->n * 2;
             void *p = x_realloc(c, prev->p, nn);
             /* realloc must carry the old bytes over; they were written for the old address */
-            const uint8_t *b = p;
-            for (size_t k = 0; k < prev->n && k < 4096; k++)
-                if (b[k] != pat(prev->p, prev->n, k)) {
-                    c->t->verify_errors++;
-                    break;
-                }
+            if (!check_as(p, prev->p, prev->n)) c->t->verify_errors++;
             prev->p = p;
             prev->n = nn;
             put(c, p, nn);

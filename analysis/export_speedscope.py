@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from arena_trace.analysis.output_files import write_bytes
+from arena_trace.analysis.profile_rules import allocator_event_mask
 from arena_trace.analysis.profile_stacks import Frame
 from arena_trace.analysis.profiles import (
     Metric,
     MetricProfile,
     NothingToExport,
     ProfileBuilder,
-    allocator_time_mask,
     thread_names,
 )
 from arena_trace.analysis.speedscope_timeline import build_timelines
@@ -120,7 +120,7 @@ def _evented_profiles(trace: Trace, builder: ProfileBuilder, names: dict[int, st
     events = trace.events
     if events.empty:
         return []
-    streamed = events.loc[allocator_time_mask(events, builder.roles)]
+    streamed = events.loc[allocator_event_mask(events, builder.roles)]
     if streamed.empty:
         return []
     base = int(streamed["timestamp_ns"].min())

@@ -1,24 +1,25 @@
 """Weighted stack samples per metric: the one source every flamegraph exporter (speedscope, folded, pprof) reads.
 
-Rules (the ``analyze`` report must use the same ones, ideally by calling ``metric_total``); "rows" means
-streamed events plus in-kernel aggregates, with weight ``self_ns``/``duration_ns`` for events and
-``self_ns``/``total_ns``/``calls`` for aggregates:
+Rules (the ``analyze`` report uses the same selection; ``metric_total`` gives each flamegraph's total). "Rows"
+are streamed events plus in-kernel aggregates. Weights use self time recomputed from the call tree
+(analysis.profile_rules), so each frame's width is its inclusive time and a tree adds up to its outermost call:
 
-* allocator-time (ns): sum of ``self_ns`` over rows *inside the allocator*: every allocator function row;
-  a syscall row only when it ran inside a traced allocator call (non-empty path); a lock-wait-role row only
-  when it waited on an arena lock (EVENT_FLAG_ARENA_LOCK) or ran inside an allocator call. Because self times
-  add up to the inclusive time of the outermost calls, the flamegraph total equals the allocator time of the
-  report, and a frame's width is that function's inclusive time.
-* lock-wait (ns): sum of ``duration_ns`` (events) / ``total_ns`` (aggregates) over rows flagged
-  EVENT_FLAG_ARENA_LOCK that are not nested inside another lock-wait-role call (so a futex inside
-  __lll_lock_wait_private is not counted twice). Arena = ``argument0`` (events).
-* grow-time (ns): sum of ``self_ns`` over rows that are grow-role calls or run inside one, which equals the
-  inclusive time of the outermost grow calls (new_heap inside sysmalloc is not counted twice).
+* allocator-time (ns): every row inside a counted outermost allocator call, where an outermost call counts
+  unless it is a syscall (counted only when flagged EVENT_FLAG_ARENA_LOCK) or a lock-wait function that did
+  not wait on an arena lock (a stdio lock). Total = the report's allocator time: inclusive time of the counted
+  outermost streamed calls plus ``total_ns`` of the outermost (empty-path, non-syscall) aggregates.
+* lock-wait (ns): ``duration_ns`` (events) / ``total_ns`` (aggregates) of rows flagged EVENT_FLAG_ARENA_LOCK
+  (or native_alloc lock-wait calls) that are not nested in another lock-wait call; = the report's lock waits.
+  Arena = ``argument0`` (events only; aggregates only know main/other from EVENT_FLAG_MAIN_ARENA).
+* grow-time (ns): rows that are grow-role calls or run inside one: the inclusive time of the outermost grow
+  calls (new_heap inside sysmalloc is not counted twice).
 * heap-growth (bytes): inside grow calls only: positive brk deltas (return value minus the previous brk's
-  return value; the first brk seen after attach has no known predecessor and counts 0), mprotect lengths and
-  mmap lengths (failed mmaps excluded). mmap/munmap inside a heap-reservation function (glibc new_heap: a
-  PROT_NONE reservation that only mprotect commits) are not growth. Aggregated syscalls have no byte counts.
-* calls (count): one per event, ``calls`` per aggregate row, over the allocator-time rows.
+  return value, by time; the first brk seen has no predecessor and counts 0), mprotect lengths (how non-main
+  arenas commit memory) and mmap lengths (failed mmaps excluded), but not the mmap/munmap of a
+  heap-reservation function (glibc new_heap: a PROT_NONE reservation that only mprotect commits).
+  Aggregated syscalls carry no byte counts.
+* calls (count): one per streamed call, ``calls`` per aggregate row, over the allocator-time rows.
+Per-thread views only cover streamed calls: the kernel aggregates keep no thread id.
 """
 
 from __future__ import annotations
@@ -30,15 +31,19 @@ from enum import Enum
 
 import numpy as np
 import pandas as pd
+from arena_trace.analysis.profile_rules import (
+    Roles,
+    aggregate_self_times,
+    allocator_aggregate_mask,
+    allocator_event_mask,
+    event_self_times,
+    grow_mask,
+    heap_growth_bytes,
+    lock_wait_mask,
+)
 from arena_trace.analysis.profile_stacks import Frame, StackBuilder
-from arena_trace.probes.event_layout import EVENT_FLAG_ARENA_LOCK, EVENT_FLAG_MAIN_ARENA, unpack_path
+from arena_trace.probes.event_layout import EVENT_FLAG_MAIN_ARENA
 from arena_trace.tracer.trace_format import Trace
-
-# Functions that reserve address space with a PROT_NONE mmap and commit it with mprotect.
-HEAP_RESERVATION_FUNCTIONS = frozenset({"new_heap"})
-GROWTH_SYSCALLS = frozenset({"brk", "mmap", "mprotect"})
-# An mmap return value in [-4095, -1] as u64 is an error code, not an address.
-_ERROR_RETURN_FLOOR = (1 << 64) - 4096
 
 
 class NothingToExport(ValueError):
@@ -115,86 +120,12 @@ class MetricProfile:
         return MetricProfile(self.metric, {s: w for s, w in self.weights.items() if s.tid == tid})
 
 
-class _Roles:
-    """Function-id sets per role, from the trace's function table."""
-
-    def __init__(self, trace: Trace) -> None:
-        functions = trace.metadata.get("functions", [])
-        self.role = {int(entry["id"]): str(entry.get("role", "")) for entry in functions}
-        self.kind = {int(entry["id"]): str(entry.get("kind", "function")) for entry in functions}
-        self.name = {int(entry["id"]): str(entry.get("name", "")) for entry in functions}
-
-    def ids(self, role: str) -> set[int]:
-        return {function_id for function_id, value in self.role.items() if value == role}
-
-    def is_syscall(self, function_id: int) -> bool:
-        return self.kind.get(function_id) == "syscall" or self.role.get(function_id) == "syscall"
-
-
-def _path_contains(paths: pd.Series, function_ids: set[int]) -> np.ndarray:
-    """Vectorised 'does the packed path contain any of these ids' (few distinct paths: memoised per value)."""
-    if paths.empty:
-        return np.zeros(0, dtype=bool)
-    memo = {int(value): bool(function_ids.intersection(unpack_path(int(value)))) for value in paths.unique()}
-    return paths.map(lambda value: memo[int(value)]).to_numpy(dtype=bool)
-
-
-def allocator_time_mask(rows: pd.DataFrame, roles: _Roles) -> np.ndarray:
-    """Rows inside the allocator (see the module docstring)."""
-    functions = rows["function"].astype(int)
-    syscall_ids = {function_id for function_id in roles.kind if roles.is_syscall(function_id)}
-    lock_wait_ids = roles.ids("lock-wait")
-    in_call = rows["path"].astype("uint64").to_numpy() != 0
-    arena_lock = (rows["flags"].astype(int).to_numpy() & EVENT_FLAG_ARENA_LOCK) != 0
-    is_syscall = functions.isin(syscall_ids).to_numpy()
-    is_lock_wait = functions.isin(lock_wait_ids).to_numpy()
-    return np.where(is_syscall, in_call, np.where(is_lock_wait, in_call | arena_lock, True))
-
-
-def lock_wait_mask(rows: pd.DataFrame, roles: _Roles) -> np.ndarray:
-    arena_lock = (rows["flags"].astype(int).to_numpy() & EVENT_FLAG_ARENA_LOCK) != 0
-    return arena_lock & ~_path_contains(rows["path"], roles.ids("lock-wait"))
-
-
-def grow_mask(rows: pd.DataFrame, roles: _Roles) -> np.ndarray:
-    grow_ids = roles.ids("grow")
-    return rows["function"].astype(int).isin(grow_ids).to_numpy() | _path_contains(rows["path"], grow_ids)
-
-
-def heap_growth_bytes(events: pd.DataFrame, roles: _Roles) -> np.ndarray:
-    """Bytes each event added to the heap (0 for most), following the module docstring's rule."""
-    growth = np.zeros(len(events), dtype=np.int64)
-    if events.empty:
-        return growth
-    names = events["function"].astype(int).map(lambda function_id: roles.name.get(function_id, "")).to_numpy()
-    inside_grow = _path_contains(events["path"], roles.ids("grow"))
-    reservation_ids = {i for i, name in roles.name.items() if name in HEAP_RESERVATION_FUNCTIONS}
-    inside_reservation = _path_contains(events["path"], reservation_ids)
-    returns = events["return_value"].astype("uint64").to_numpy()
-    lengths = events["argument0"].astype("uint64").to_numpy()
-
-    mapped = (names == "mmap") & inside_grow & ~inside_reservation & (returns < _ERROR_RETURN_FLOOR)
-    growth[mapped] = lengths[mapped].astype(np.int64)
-    protected = (names == "mprotect") & inside_grow & (returns == 0)
-    growth[protected] = lengths[protected].astype(np.int64)
-
-    # The program break is process-wide: each brk's growth is relative to the previous brk's result.
-    brk_positions = np.flatnonzero(names == "brk")
-    if len(brk_positions) > 1:
-        order = brk_positions[np.argsort(events["timestamp_ns"].to_numpy()[brk_positions], kind="stable")]
-        breaks = returns[order].astype(np.int64)
-        deltas = np.clip(breaks[1:] - breaks[:-1], 0, None)
-        later = order[1:]
-        growth[later] = np.where(inside_grow[later], deltas, 0)
-    return growth
-
-
 class ProfileBuilder:
     """Turns a Trace into one MetricProfile per metric."""
 
     def __init__(self, trace: Trace) -> None:
         self.trace = trace
-        self.roles = _Roles(trace)
+        self.roles = Roles(trace)
         self.stacks = StackBuilder(trace)
 
     def build(self, metrics: Iterable[Metric] = tuple(Metric)) -> dict[Metric, MetricProfile]:
@@ -202,16 +133,16 @@ class ProfileBuilder:
 
     def build_one(self, metric: Metric) -> MetricProfile:
         profile = MetricProfile(metric)
-        events = self.trace.events
-        aggregates = self.trace.aggregates
+        events, aggregates = self.trace.events, self.trace.aggregates
+        event_self = pd.Series(event_self_times(events), index=events.index)
+        aggregate_self = pd.Series(aggregate_self_times(aggregates, events), index=aggregates.index)
         if metric is Metric.ALLOCATOR_TIME:
-            self._add_rows(profile, events, allocator_time_mask(events, self.roles), events.get("self_ns"))
-            self._add_rows(profile, aggregates, allocator_time_mask(aggregates, self.roles),
-                           aggregates.get("self_ns"))
+            self._add_rows(profile, events, allocator_event_mask(events, self.roles), event_self)
+            self._add_rows(profile, aggregates, allocator_aggregate_mask(aggregates, self.roles), aggregate_self)
         elif metric is Metric.CALLS:
-            self._add_rows(profile, events, allocator_time_mask(events, self.roles),
-                           pd.Series(np.ones(len(events), dtype=np.int64), index=events.index))
-            self._add_rows(profile, aggregates, allocator_time_mask(aggregates, self.roles),
+            ones = pd.Series(np.ones(len(events), dtype=np.int64), index=events.index)
+            self._add_rows(profile, events, allocator_event_mask(events, self.roles), ones)
+            self._add_rows(profile, aggregates, allocator_aggregate_mask(aggregates, self.roles),
                            aggregates.get("calls"))
         elif metric is Metric.LOCK_WAIT:
             self._add_rows(profile, events, lock_wait_mask(events, self.roles), events.get("duration_ns"),
@@ -219,8 +150,8 @@ class ProfileBuilder:
             self._add_rows(profile, aggregates, lock_wait_mask(aggregates, self.roles), aggregates.get("total_ns"),
                            with_arena=True)
         elif metric is Metric.GROW_TIME:
-            self._add_rows(profile, events, grow_mask(events, self.roles), events.get("self_ns"))
-            self._add_rows(profile, aggregates, grow_mask(aggregates, self.roles), aggregates.get("self_ns"))
+            self._add_rows(profile, events, grow_mask(events, self.roles), event_self)
+            self._add_rows(profile, aggregates, grow_mask(aggregates, self.roles), aggregate_self)
         elif metric is Metric.HEAP_GROWTH:
             growth = pd.Series(heap_growth_bytes(events, self.roles), index=events.index)
             self._add_rows(profile, events, growth.to_numpy() > 0, growth)

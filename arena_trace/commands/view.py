@@ -46,7 +46,8 @@ class ProfileServer:
         return f"/profiles/{self.profile_name}"
 
     def url(self, view: str | None = None) -> str:
-        fragment = {"profileURL": self.profile_path, "title": urllib.parse.unquote(self.profile_name)}
+        # No title= parameter: speedscope would show it instead of our profile names.
+        fragment = {"profileURL": self.profile_path}
         if view:
             fragment["view"] = view
         return f"http://{BIND_ADDRESS}:{self.port}/#{urllib.parse.urlencode(fragment, quote_via=urllib.parse.quote)}"

@@ -14,7 +14,9 @@ Definitions used everywhere (reports, JSON, findings):
   function around them. Lock-wait calls on locks that are not arenas (stdio, other libc locks) and the
   application's own syscalls are not allocator time. Nested calls are inside their caller's inclusive time,
   so nothing is counted twice. With only the slow tier traced, this is time in the slow paths (sysmalloc,
-  arena waits, ...), not time in malloc as a whole.
+  arena waits, ...), not time in malloc as a whole. Per-thread and timeline allocator time can only use
+  streamed calls: there, a streamed call counts when no streamed allocator call encloses it (a sysmalloc
+  inside an aggregated malloc counts).
 * **Thread time**: the denominator of a finding's share: trace duration (or the --since/--until window)
   × threads seen (distinct tids in the events and the thread list; 1 with --tid).
 """
@@ -26,7 +28,7 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from arena_trace.analysis.function_table import ROLE_CODE, FunctionTable, innermost_ancestor
+from arena_trace.analysis.function_table import ROLE_CODE, FunctionTable, innermost_ancestor, path_contains
 from arena_trace.analysis.percentiles import QUANTILES, grouped_percentiles, histogram_of, histogram_percentile
 from arena_trace.analysis.stacks import StackTable
 from arena_trace.probes.event_layout import (
@@ -122,10 +124,22 @@ class Analysis:
     def top_level_allocator(self) -> np.ndarray:
         """Which selected events count towards allocator time (see the module docstring)."""
         depth0 = self.column("depth") == 0
+        return depth0 & (self._counts_as_allocator | (self.is_syscall & self.arena_lock))
+
+    @cached_property
+    def outermost_streamed_allocator(self) -> np.ndarray:
+        """Like top_level_allocator, but "top" among streamed calls only: a sysmalloc inside an aggregated
+        malloc counts. Per-thread and timeline allocator time use this (aggregates have no tid or time)."""
+        streamed_functions = [function for function in self.functions.by_id
+                              if self.functions.is_streamed[function] and not self.functions.is_syscall[function]]
+        no_streamed_caller = ~path_contains(self.column("path"), streamed_functions)
+        return (self._counts_as_allocator | (self.is_syscall & self.arena_lock)) & no_streamed_caller
+
+    @cached_property
+    def _counts_as_allocator(self) -> np.ndarray:
         lock_wait = self.roles == ROLE_CODE["lock-wait"]
         native = self.functions.is_native[self.function_ids & 0xFF]
-        function_counts = ~self.is_syscall & ~(lock_wait & ~self.arena_lock & ~native)
-        return depth0 & (function_counts | (self.is_syscall & self.arena_lock))
+        return ~self.is_syscall & ~(lock_wait & ~self.arena_lock & ~native)
 
     @cached_property
     def allocator_ns(self) -> int:
@@ -285,7 +299,7 @@ class Analysis:
         from arena_trace.analysis.locks import lock_wait_mask
 
         tids = _int64(self.column("tid"))
-        frame = pd.DataFrame({"tid": tids, "allocator": np.where(self.top_level_allocator, self.durations, 0),
+        frame = pd.DataFrame({"tid": tids, "allocator": np.where(self.outermost_streamed_allocator, self.durations, 0),
                               "lock_wait": np.where(lock_wait_mask(self), self.durations, 0)})
         table = frame.groupby("tid").agg(calls=("allocator", "size"), allocator_ns=("allocator", "sum"),
                                          lock_wait_ns=("lock_wait", "sum"))
@@ -294,7 +308,9 @@ class Analysis:
                 table.loc[tid] = (0, 0, 0)
         arenas = self.thread_arenas
         table.insert(0, "name", [self.thread_names.get(int(tid), "") for tid in table.index])
-        table.insert(1, "arena", [arenas.get(int(tid)) for tid in table.index])
+        # object dtype: a thread without a known arena keeps None instead of turning the column into floats
+        table.insert(1, "arena", pd.Series([arenas.get(int(tid)) for tid in table.index], index=table.index,
+                                           dtype=object))
         table.index.name = "tid"
         return table.sort_values(["allocator_ns", "lock_wait_ns"], ascending=False)
 

@@ -35,6 +35,7 @@ class FunctionTable:
         self.role_codes = np.zeros(ID_LIMIT, dtype=np.int8)
         self.is_syscall = np.zeros(ID_LIMIT, dtype=bool)
         self.is_native = np.zeros(ID_LIMIT, dtype=bool)
+        self.is_streamed = np.zeros(ID_LIMIT, dtype=bool)  # slow tier: every call is an event row
         for entry in entries:
             try:
                 function_id = int(entry["id"])
@@ -50,6 +51,8 @@ class FunctionTable:
             self.role_codes[function_id] = ROLE_CODE.get(info.role, 0)
             self.is_syscall[function_id] = info.kind == "syscall" or info.role == "syscall"
             self.is_native[function_id] = info.allocator == "native"
+            self.is_streamed[function_id] = entry.get("mode", "stream" if info.tier != "full" else "aggregate") \
+                == "stream"
 
     def name(self, function_id: int) -> str:
         return str(self.names[int(function_id) & 0xFF]) if 0 <= int(function_id) < ID_LIMIT else f"#{function_id}"

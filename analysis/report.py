@@ -88,7 +88,7 @@ def thread_table(analysis: Analysis, top: int) -> Table:
 def stack_table(analysis: Analysis, top: int) -> Table:
     table = _table("Streamed calls by stack (innermost frame first)", "stack", "calls", "total")
     everything = analysis.column("stack_id") >= 0
-    for stack in analysis.top_stacks(everything & analysis.top_level_allocator, top):
+    for stack in analysis.top_stacks(everything & analysis.outermost_streamed_allocator, top):
         table.add_row(plain(stack["label"]), f"{stack['calls']:,}", _ns(stack["total_ns"]))
     return table
 

@@ -42,8 +42,9 @@ def timeline(analysis: Analysis, interval: float | None = None) -> pd.DataFrame:
                       np.where((names == "mmap") & (analysis.column("depth") > 0), changes, 0))
     table = pd.DataFrame({
         "start_s": (np.arange(count) * width_ns) / 1e9 + (analysis.options.since or 0),
-        "allocator_ns": np.bincount(bucket, weights=np.where(analysis.top_level_allocator, analysis.durations, 0),
-                                    minlength=count).astype(np.int64),
+        "allocator_ns": np.bincount(bucket, minlength=count,
+                                    weights=np.where(analysis.outermost_streamed_allocator, analysis.durations, 0)
+                                    ).astype(np.int64),
         "lock_wait_ns": np.bincount(bucket, weights=np.where(lock_wait_mask(analysis), analysis.durations, 0),
                                     minlength=count).astype(np.int64),
         "growth_bytes": np.bincount(bucket, weights=growth, minlength=count).astype(np.int64),

@@ -27,6 +27,25 @@ EVENT_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("flags", "u8", "EVENT_FLAG_* bits"),
 )
 
+# Header of a user-stack snapshot record; the copied stack bytes follow it. Slots and return addresses of
+# the enclosing traced calls let the unwinder undo uretprobe trampolines (shadow return addresses).
+SNAPSHOT_SHADOW_DEPTH = 8
+STACK_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("call_id", "u64", "the traced call this stack belongs to"),
+    ("rip", "u64", "registers at the probe"),
+    ("rsp", "u64", "stack pointer; the snapshot starts here"),
+    ("rbp", "u64", ""),
+    ("rbx", "u64", ""),
+    ("r12", "u64", ""),
+    ("r13", "u64", ""),
+    ("r14", "u64", ""),
+    ("r15", "u64", ""),
+    ("shadow_slot", f"u64[{SNAPSHOT_SHADOW_DEPTH}]", "stack address of each enclosing call's return address"),
+    ("shadow_return", f"u64[{SNAPSHOT_SHADOW_DEPTH}]", "the return address read before a uretprobe replaced it"),
+    ("tid", "u32", "kernel thread id"),
+    ("length", "u32", "bytes of stack that follow the header"),
+)
+
 # Columns the collector adds after decoding; they are not part of the BPF record.
 EXTRA_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("stack_id", "i32", "index into the trace's stack table, -1 when no stack was captured"),
@@ -46,17 +65,39 @@ _NUMPY_TYPES = {"u64": "<u8", "u32": "<u4", "u16": "<u2", "u8": "u1", "i32": "<i
 _ARROW_TYPES = {"u64": pa.uint64(), "u32": pa.uint32(), "u16": pa.uint16(), "u8": pa.uint8(), "i32": pa.int32()}
 
 
-def c_struct(name: str = "call_event") -> str:
-    """The C definition of the event record, for the BPF program."""
+def _split_array(kind: str) -> tuple[str, int]:
+    base, _, count = kind.partition("[")
+    return base, int(count.rstrip("]")) if count else 0
+
+
+def c_struct(name: str = "call_event", fields: tuple[tuple[str, str, str], ...] = EVENT_FIELDS) -> str:
+    """The C definition of a record, for the BPF program."""
     lines = [f"struct {name} {{"]
-    lines += [f"    {_C_TYPES[kind]} {field};  /* {meaning} */" for field, kind, meaning in EVENT_FIELDS]
+    for field, kind, meaning in fields:
+        base, count = _split_array(kind)
+        suffix = f"[{count}]" if count else ""
+        comment = f"  /* {meaning} */" if meaning else ""
+        lines.append(f"    {_C_TYPES[base]} {field}{suffix};{comment}")
     lines.append("};")
     return "\n".join(lines)
 
 
+def _dtype(fields: tuple[tuple[str, str, str], ...]) -> np.dtype:
+    entries = []
+    for field, kind, _ in fields:
+        base, count = _split_array(kind)
+        entries.append((field, _NUMPY_TYPES[base], (count,)) if count else (field, _NUMPY_TYPES[base]))
+    return np.dtype(entries)
+
+
 def event_dtype() -> np.dtype:
-    """numpy dtype of one BPF record, byte-compatible with ``c_struct()``."""
-    return np.dtype([(field, _NUMPY_TYPES[kind]) for field, kind, _ in EVENT_FIELDS])
+    """numpy dtype of one BPF call record, byte-compatible with ``c_struct()``."""
+    return _dtype(EVENT_FIELDS)
+
+
+def stack_header_dtype() -> np.dtype:
+    """numpy dtype of a stack snapshot header, byte-compatible with ``c_struct("stack_snapshot", STACK_FIELDS)``."""
+    return _dtype(STACK_FIELDS)
 
 
 def event_schema() -> pa.Schema:
@@ -66,6 +107,7 @@ def event_schema() -> pa.Schema:
 
 
 EVENT_SIZE = event_dtype().itemsize
+STACK_HEADER_SIZE = stack_header_dtype().itemsize
 
 
 def pack_path(function_ids: list[int]) -> int:

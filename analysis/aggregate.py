@@ -102,11 +102,14 @@ class Analysis:
 
     @cached_property
     def function_ids(self) -> np.ndarray:
-        return self.column("function").astype(np.intp)
+        # uint8: ids are 1..255, and one byte per event keeps the 10 M-event working set small.
+        return (self.column("function") & 0xFF).astype(np.uint8, copy=False)
 
     @cached_property
     def durations(self) -> np.ndarray:
-        return _int64(self.column("duration_ns"))
+        # The stored unsigned dtype (often narrowed to uint32): numpy sums unsigned ints in uint64, so no
+        # int64 copy of the column is needed.
+        return self.column("duration_ns")
 
     @cached_property
     def roles(self) -> np.ndarray:
@@ -182,8 +185,7 @@ class Analysis:
     def function_stats(self) -> pd.DataFrame:
         """One row per function id seen: name, kind and STAT_COLUMNS, by total time."""
         groups = 256
-        keys = self.function_ids & 0xFF
-        stats = _stats(keys, groups, self.durations, _int64(self.column("self_ns")))
+        stats = _stats(self.function_ids, groups, self.durations, self.column("self_ns"))
         rows = _merge_aggregates(stats, self._aggregate_groups(lambda function, path: function))
         table = pd.DataFrame.from_dict(rows, orient="index", columns=list(STAT_COLUMNS))
         table.index.name = "function"
@@ -197,13 +199,20 @@ class Analysis:
     @cached_property
     def path_stats(self) -> pd.DataFrame:
         """One row per call path: names, label, STAT_COLUMNS, calls_share and time_share, by total time."""
-        paths = self.column("path")
-        truncated = (self.column("flags") & EVENT_FLAG_PATH_TRUNCATED) != 0
         shown = ~(self.is_syscall & (self.column("depth") == 0) & ~self.arena_lock)  # app syscalls: see syscalls
-        path_codes, unique_paths = pd.factorize(paths[shown])
-        combined = path_codes.astype(np.int64) * 512 + (self.function_ids[shown] & 0xFF) * 2 + truncated[shown]
-        group_codes, unique_keys = pd.factorize(combined)
-        stats = _stats(group_codes, len(unique_keys), self.durations[shown], _int64(self.column("self_ns"))[shown])
+        everything = bool(shown.all())
+
+        def selected(values: np.ndarray) -> np.ndarray:
+            return values if everything else values[shown]  # no copy in the common case
+
+        path_codes, unique_paths = pd.factorize(selected(self.column("path")))
+        # One int64 key per (path, function, truncated), built in place to keep the transient memory low.
+        path_codes *= 512
+        path_codes += selected(self.function_ids).astype(np.int64) * 2
+        path_codes += selected((self.column("flags") & EVENT_FLAG_PATH_TRUNCATED) != 0)
+        group_codes, unique_keys = pd.factorize(path_codes)
+        del path_codes
+        stats = _stats(group_codes, len(unique_keys), selected(self.durations), selected(self.column("self_ns")))
         keyed = {}
         for code, key in enumerate(unique_keys.tolist()):
             if code in stats:

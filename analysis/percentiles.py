@@ -27,16 +27,18 @@ def nearest_rank_index(count: int, quantile: float) -> int:
 def grouped_sorted_durations(codes: np.ndarray, durations: np.ndarray, group_count: int
                              ) -> tuple[np.ndarray, np.ndarray]:
     """Durations sorted by (group, duration) and the start offset of each group (length group_count + 1)."""
-    codes = np.asarray(codes, dtype=np.int64)
+    codes = np.asarray(codes).astype(np.int64, copy=False)
     durations = np.asarray(durations)
     counts = np.bincount(codes, minlength=group_count) if len(codes) else np.zeros(group_count, dtype=np.int64)
     starts = np.concatenate(([0], np.cumsum(counts)))
     if len(durations) == 0:
         return np.zeros(0, dtype=np.uint64), starts
     if int(durations.max()) < (1 << _DURATION_BITS) and group_count < (1 << 23):
-        key = (codes << _DURATION_BITS) | durations.astype(np.int64)
+        key = codes << _DURATION_BITS
+        key |= durations.astype(np.int64, copy=False)
         key.sort()
-        return (key & ((1 << _DURATION_BITS) - 1)).astype(np.uint64), starts
+        key &= (1 << _DURATION_BITS) - 1  # in place: the sorted durations, with no second 8-byte array
+        return key.view(np.uint64), starts
     order = np.lexsort((durations, codes))
     return durations[order].astype(np.uint64), starts
 

@@ -29,7 +29,13 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from arena_trace.analysis.function_table import ROLE_CODE, FunctionTable, innermost_ancestor, path_contains
-from arena_trace.analysis.percentiles import QUANTILES, grouped_percentiles, histogram_of, histogram_percentile
+from arena_trace.analysis.percentiles import (
+    QUANTILES,
+    grouped_sorted_durations,
+    histogram_of,
+    histogram_percentile,
+    percentiles_of_sorted,
+)
 from arena_trace.analysis.stacks import StackTable
 from arena_trace.probes.event_layout import (
     EVENT_FLAG_ARENA_LOCK,
@@ -185,7 +191,7 @@ class Analysis:
     def function_stats(self) -> pd.DataFrame:
         """One row per function id seen: name, kind and STAT_COLUMNS, by total time."""
         groups = 256
-        stats = _stats(self.function_ids, groups, self.durations, self.column("self_ns"))
+        stats = _stats(self.function_ids, groups, self.durations, self.column("self_ns"), consume_codes=True)
         rows = _merge_aggregates(stats, self._aggregate_groups(lambda function, path: function))
         table = pd.DataFrame.from_dict(rows, orient="index", columns=list(STAT_COLUMNS))
         table.index.name = "function"
@@ -210,9 +216,9 @@ class Analysis:
         path_codes *= 512
         path_codes += selected(self.function_ids).astype(np.int64) * 2
         path_codes += selected((self.column("flags") & EVENT_FLAG_PATH_TRUNCATED) != 0)
-        group_codes, unique_keys = pd.factorize(path_codes)
-        del path_codes
-        stats = _stats(group_codes, len(unique_keys), selected(self.durations), selected(self.column("self_ns")))
+        group_codes, unique_keys = _dense_codes(path_codes, len(unique_paths) * 512)
+        stats = _stats(group_codes, len(unique_keys), selected(self.durations), selected(self.column("self_ns")),
+                       consume_codes=True)
         keyed = {}
         for code, key in enumerate(unique_keys.tolist()):
             if code in stats:
@@ -378,15 +384,32 @@ class Analysis:
         return innermost_ancestor(self.column("path"))
 
 
-def _stats(codes: np.ndarray, groups: int, durations: np.ndarray, self_times: np.ndarray) -> dict[int, dict]:
-    """STAT_COLUMNS per group code present (exact: streamed events only)."""
+def _dense_codes(keys: np.ndarray, key_limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber int64 keys in [0, key_limit) to 0..n-1 in place (no second 8-byte-per-event array, unlike a
+    second factorize); returns (codes, the original key of each code)."""
+    if key_limit > 1 << 22:
+        codes, uniques = pd.factorize(keys)
+        return codes, np.asarray(uniques)
+    lookup = np.full(key_limit, -1, dtype=np.int64)
+    lookup[keys] = 0
+    present = np.flatnonzero(lookup >= 0)
+    lookup[present] = np.arange(len(present))
+    np.take(lookup, keys, out=keys)
+    return keys, present
+
+
+def _stats(codes: np.ndarray, groups: int, durations: np.ndarray, self_times: np.ndarray,
+           consume_codes: bool = False) -> dict[int, dict]:
+    """STAT_COLUMNS per group code present (exact: streamed events only). consume_codes lets the percentile
+    sort reuse the codes array in place (the caller must not use it afterwards)."""
     if len(codes) == 0:
         return {}
-    codes = np.asarray(codes, dtype=np.int64)
+    codes = np.asarray(codes).astype(np.int64, copy=False)
     calls = np.bincount(codes, minlength=groups)
     totals = _group_sum(codes, durations, groups)
     self_totals = _group_sum(codes, self_times, groups)
-    quantiles = grouped_percentiles(codes, durations, groups)
+    ordered, starts = grouped_sorted_durations(codes, durations, groups, in_place=consume_codes)
+    quantiles = percentiles_of_sorted(ordered, starts)
     result = {}
     for code in np.flatnonzero(calls).tolist():
         count = int(calls[code])
@@ -394,7 +417,7 @@ def _stats(codes: np.ndarray, groups: int, durations: np.ndarray, self_times: np
                         "mean_ns": int(totals[code]) / count,
                         **{f"p{quantile:g}_ns": int(quantiles[f"p{quantile:g}"][code]) for quantile in QUANTILES},
                         "max_ns": int(quantiles["max"][code]), "estimated": False,
-                        "_durations": (codes, durations, code)}
+                        "_durations": ordered[starts[code]:starts[code + 1]]}
     return result
 
 
@@ -415,8 +438,7 @@ def _merge_aggregates(streamed: dict, aggregated: dict) -> dict:
         entry = merged.get(key)
         histogram = histogram.copy()
         if entry is not None:
-            codes, durations, code = streamed[key]["_durations"]
-            histogram += histogram_of(durations[codes == code])
+            histogram += histogram_of(streamed[key]["_durations"])
             calls += entry["calls"]
             total += entry["total_ns"]
             self_total += entry["self_ns"]

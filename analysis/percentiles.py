@@ -24,9 +24,10 @@ def nearest_rank_index(count: int, quantile: float) -> int:
     return max(0, math.ceil(quantile / 100.0 * count) - 1)
 
 
-def grouped_sorted_durations(codes: np.ndarray, durations: np.ndarray, group_count: int
+def grouped_sorted_durations(codes: np.ndarray, durations: np.ndarray, group_count: int, in_place: bool = False
                              ) -> tuple[np.ndarray, np.ndarray]:
-    """Durations sorted by (group, duration) and the start offset of each group (length group_count + 1)."""
+    """Durations sorted by (group, duration) and the start offset of each group (length group_count + 1).
+    in_place: build the sort key in ``codes`` itself (an int64 array the caller no longer needs)."""
     codes = np.asarray(codes).astype(np.int64, copy=False)
     durations = np.asarray(durations)
     counts = np.bincount(codes, minlength=group_count) if len(codes) else np.zeros(group_count, dtype=np.int64)
@@ -34,7 +35,8 @@ def grouped_sorted_durations(codes: np.ndarray, durations: np.ndarray, group_cou
     if len(durations) == 0:
         return np.zeros(0, dtype=np.uint64), starts
     if int(durations.max()) < (1 << _DURATION_BITS) and group_count < (1 << 23):
-        key = codes << _DURATION_BITS
+        key = codes if in_place and codes.dtype == np.int64 and codes.flags.writeable else codes.copy()
+        key <<= _DURATION_BITS
         key |= durations.astype(np.int64, copy=False)
         key.sort()
         key &= (1 << _DURATION_BITS) - 1  # in place: the sorted durations, with no second 8-byte array
@@ -47,6 +49,12 @@ def grouped_percentiles(codes: np.ndarray, durations: np.ndarray, group_count: i
                         quantiles: tuple[float, ...] = QUANTILES) -> dict[str, np.ndarray]:
     """Per group: exact percentiles ("p50"...) and "max"; groups without values get 0."""
     ordered, starts = grouped_sorted_durations(codes, durations, group_count)
+    return percentiles_of_sorted(ordered, starts, quantiles)
+
+
+def percentiles_of_sorted(ordered: np.ndarray, starts: np.ndarray, quantiles: tuple[float, ...] = QUANTILES
+                          ) -> dict[str, np.ndarray]:
+    group_count = len(starts) - 1
     counts = np.diff(starts)
     present = counts > 0
     result: dict[str, np.ndarray] = {}

@@ -213,3 +213,33 @@ def test_every_by_mode_renders() -> None:
     trace = make_trace()
     for by in ("path", "function", "arena", "thread", "stack"):
         assert "Completeness:" in text_of(trace, AnalysisOptions(by=by, top=4))
+
+
+def test_debug_dir_names_unnamed_frames(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not available")
+    source = tmp_path / "h.c"
+    source.write_text("int hello_function(int x) { return x * 3; }\n")
+    library = tmp_path / "libh.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,--build-id", "-o", str(library), str(source)], check=True)
+    from arena_trace.tracer.elf_file import open_elf
+    from arena_trace.tracer.symbols import build_symbol_table
+
+    with open_elf(library) as elf:
+        build_id = elf.build_id
+    address = build_symbol_table(str(library)).lookup("hello_function").address
+    debug_root = tmp_path / "debug"
+    target = debug_root / ".build-id" / build_id[:2] / (build_id[2:] + ".debug")
+    target.parent.mkdir(parents=True)
+    shutil.copy(library, target)
+    trace = make_trace()
+    trace.frames.loc[len(trace.frames)] = [999, "/gone/libh.so", build_id, address + 4, "", None, None, None]
+    path = write_trace_file(trace, tmp_path / "t.atrace")
+    from arena_trace.analysis.trace_reader import read_trace
+
+    frames = read_trace(path, debug_dirs=(str(debug_root),)).frames.set_index("frame_id")
+    assert frames.loc[999, "symbol"] == "hello_function" and frames.loc[999, "symbol_offset"] == 4
+    assert read_trace(path).frames.set_index("frame_id").loc[999, "symbol"] == ""

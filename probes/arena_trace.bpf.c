@@ -221,11 +221,23 @@ static __always_inline void snapshot_stack(struct pt_regs *ctx, struct thread_st
         count(COUNTER_STACKS_LOST);
 }
 
+/* A glibc probe knows its own ELF address, so the IP it fires at gives libc's load bias and thus the
+   runtime main_arena, even for a command started by `arena-trace run` before libc was mapped. */
+static __always_inline void learn_main_arena(struct pt_regs *ctx, u64 probe_address, u64 main_arena_address) {
+    int index = 0;
+    u64 *main_arena = settings.lookup(&index);
+    if (main_arena && *main_arena == 0)
+        *main_arena = ctx->ip - probe_address + main_arena_address;
+}
+
 static __always_inline int on_entry(struct pt_regs *ctx, u16 function, u64 argument0, u64 argument1,
-                                    int classify, int stream, int want_stack, int record_return) {
+                                    int classify, int stream, int want_stack, int record_return,
+                                    u64 probe_address, u64 main_arena_address) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     if ((pid_tgid >> 32) != TARGET_TGID)
         return 0;
+    if (main_arena_address)
+        learn_main_arena(ctx, probe_address, main_arena_address);
     u32 tid = (u32)pid_tgid;
     struct thread_state *state = thread_state(tid);
     if (!state)

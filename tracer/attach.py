@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from arena_trace.probes.catalog import Role, Tier
@@ -53,6 +54,8 @@ def handlers_for(plan: ProbePlan) -> list[UprobeHandler | SyscallHandler]:
             classify=_classify(probe),
             stream=Stream.ALWAYS if slow else Stream.NEVER,
             want_stack=slow and probe.spec.stack,
+            probe_address=probe.probe_address,
+            main_arena_address=probe.allocator.main_arena_symbol or 0,
         ))
     for function_id, syscall in plan.syscalls:
         stream = Stream.ALWAYS if syscall.name in ALWAYS_STREAMED_SYSCALLS else Stream.NESTED
@@ -94,6 +97,10 @@ class Attachment:
     def set_main_arena(self, address: int) -> None:
         settings = self.bpf["settings"]
         settings[settings.Key(SETTING_MAIN_ARENA)] = settings.Leaf(address)
+
+    def main_arena(self) -> int:
+        settings = self.bpf["settings"]
+        return int(settings[settings.Key(SETTING_MAIN_ARENA)].value)
 
     def attach(self) -> AttachResult:
         if self.bpf is None:
@@ -153,13 +160,19 @@ class Attachment:
         if self.bpf is None:
             return 0.0
         started = time.monotonic()
-        for event_name in list(getattr(self.bpf, "uprobe_fds", {})):
-            with contextlib.suppress(Exception):
-                self.bpf.detach_uprobe_event(event_name)
+        # Each uprobe removal waits for an RCU grace period (~100 ms here); in parallel they overlap.
+        events = list(getattr(self.bpf, "uprobe_fds", {}))
+        if events:
+            with ThreadPoolExecutor(max_workers=min(32, len(events))) as pool:
+                list(pool.map(self._detach_event, events))
         for tracepoint in list(getattr(self.bpf, "tracepoint_fds", {})):
             with contextlib.suppress(Exception):
                 self.bpf.detach_tracepoint(tracepoint)
         return time.monotonic() - started
+
+    def _detach_event(self, event_name: str) -> None:
+        with contextlib.suppress(Exception):
+            self.bpf.detach_uprobe_event(event_name)
 
     def close(self) -> None:
         """Detach anything left and free the program and maps; idempotent."""

@@ -53,6 +53,8 @@ class UprobeHandler:
     classify: Classify
     stream: Stream
     want_stack: bool
+    probe_address: int = 0  # ELF virtual address of the probe, with ...
+    main_arena_address: int = 0  # ... glibc's main_arena ELF address: lets BPF learn the runtime main_arena
 
     @property
     def entry_name(self) -> str:
@@ -68,7 +70,8 @@ class UprobeHandler:
         return (
             f"int {self.entry_name}(struct pt_regs *ctx) {{\n"
             f"    return on_entry(ctx, {self.function_id}, {arguments[0]}, {arguments[1]}, {int(self.classify)}, "
-            f"{int(self.stream)}, {int(self.want_stack)}, 1);\n}}\n"
+            f"{int(self.stream)}, {int(self.want_stack)}, 1, {self.probe_address:#x}ULL, "
+            f"{self.main_arena_address:#x}ULL);\n}}\n"
             f"int {self.return_name}(struct pt_regs *ctx) {{\n"
             f"    return on_return({self.function_id}, PT_REGS_RC(ctx));\n}}\n"
         )
@@ -85,7 +88,7 @@ class SyscallHandler:
         return (
             f"TRACEPOINT_PROBE(syscalls, sys_enter_{self.syscall}) {{\n"
             f"    return on_entry((struct pt_regs *)0, {self.function_id}, {argument0}, {argument1}, {classify}, "
-            f"{int(self.stream)}, 0, 0);\n}}\n"
+            f"{int(self.stream)}, 0, 0, 0, 0);\n}}\n"
             f"TRACEPOINT_PROBE(syscalls, sys_exit_{self.syscall}) {{\n"
             f"    return on_return({self.function_id}, (u64)args->ret);\n}}\n"
         )

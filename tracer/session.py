@@ -108,6 +108,9 @@ class Recording:
         self.attach_seconds = 0.0
         self.detach_seconds = 0.0
         self.writer: TraceWriter | None = None
+        # A command started by `run` is still /bin/sh at attach time: its libc mapping is the shell's.
+        self.target_started = target.exit_status is None
+        self.command_description: dict[str, Any] | None = None
 
     def _metadata(self) -> dict[str, Any]:
         return {
@@ -135,8 +138,7 @@ class Recording:
         started = time.monotonic()
         self.attachment.compile()
         result = self.attachment.attach()
-        self.plan.locate()
-        if self.plan.main_arena:
+        if self.target_started and self.plan.locate() and self.plan.main_arena:
             self.attachment.set_main_arena(self.plan.main_arena)
         self.attach_seconds = time.monotonic() - started
         failed = f", {result.failed} failed" if result.failed else ""
@@ -149,8 +151,10 @@ class Recording:
             if not probe.attached:
                 self.progress(f"warning: {probe.spec.name}: {probe.error}")
 
-    def run(self, on_attached: Callable[[], None] | None = None) -> Trace:
-        """Attach, collect, detach. ``on_attached`` releases a command started by `arena-trace run`."""
+    def run(self, on_attached: Callable[[], None] | None = None,
+            on_resolver: Callable[[StackResolver], None] | None = None) -> Trace:
+        """Attach, collect, detach. ``on_attached`` releases a command started by `arena-trace run`;
+        ``on_resolver`` lets its exit holder refresh the maps while the command's address space exists."""
         try:
             self.attach()
             self._refresh_threads()
@@ -159,25 +163,31 @@ class Recording:
             self.writer = TraceWriter(metadata, self.options.output, force=self.options.force)
             resolver = StackResolver(self.plan.pid, self.options.debug_directories)
             collector = Collector(self.attachment.bpf, self.writer, resolver)
+            if on_resolver is not None:
+                on_resolver(resolver)
             if on_attached is not None:
                 on_attached()
             exit_reason = self._collect(collector, resolver)
+            stopped_ns = time.monotonic_ns()
             detach_started = time.monotonic()
             self.detach_seconds = self.attachment.detach_probes()
             collector.drain()
             aggregates = collector.aggregates()
             counters = collector.counters()
+            self._learn_main_arena()
             self.attachment.close()
             self.detach_seconds = time.monotonic() - detach_started
             self.writer.set_aggregates(aggregates)
             self._refresh_threads()
+            if not self.target_started:
+                # Described at attach time it was still the paused /bin/sh; the command exec'd since.
+                metadata["target"].update(self.command_description or {})
             metadata["threads"] = [{"tid": tid, "name": name} for tid, name in sorted(self.threads.items())]
             metadata["maps"] = resolver.maps_snapshot
             metadata["allocators"] = [allocator.describe() for allocator in self.plan.allocators]
-            end_ns = time.monotonic_ns()
             footer = {
-                "end_ns": end_ns,
-                "duration_ns": end_ns - metadata["start_ns"],
+                "end_ns": stopped_ns,
+                "duration_ns": stopped_ns - metadata["start_ns"],
                 "events_recorded": collector.events_recorded,
                 "events_lost": counters["events_lost"],
                 "stacks_captured": resolver.stacks_captured,
@@ -202,6 +212,13 @@ class Recording:
         finally:
             self.attachment.close()
 
+    def _learn_main_arena(self) -> None:
+        """Record the main_arena the BPF program learned (run mode learns it only once libc is mapped)."""
+        learned = self.attachment.main_arena()
+        for allocator in self.plan.allocators:
+            if learned and allocator.main_arena_symbol is not None and allocator.load_bias is None:
+                allocator.load_bias = learned - allocator.main_arena_symbol
+
     def _collect(self, collector: Collector, resolver: StackResolver) -> str:
         deadline = None if self.options.duration is None else time.monotonic() + self.options.duration
         next_threads = next_aggregates = time.monotonic()
@@ -213,8 +230,6 @@ class Recording:
                 if now >= next_threads:
                     next_threads = now + THREAD_REFRESH_SECONDS
                     self._refresh_threads()
-                    if not self.plan.main_arena and self.plan.locate() and self.plan.main_arena:
-                        self.attachment.set_main_arena(self.plan.main_arena)
                     resolver.refresh_maps()
                 if now >= next_aggregates:
                     next_aggregates = now + AGGREGATE_SNAPSHOT_SECONDS

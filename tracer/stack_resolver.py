@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class StackResolver:
         self.stacks_truncated = 0
         self.unresolved_frames = 0
         self._descriptors: list[int] = []
+        self._lock = threading.RLock()
         self.refresh_maps(force=True)
 
     def close(self) -> None:
@@ -64,6 +66,11 @@ class StackResolver:
 
     # --- modules -------------------------------------------------------------------------------
     def refresh_maps(self, force: bool = False) -> bool:
+        # Called from the collector and from run mode's exit holder thread.
+        with self._lock:
+            return self._refresh_maps(force)
+
+    def _refresh_maps(self, force: bool) -> bool:
         now = time.monotonic()
         if not force and now - self._last_refresh < MAPS_REFRESH_SECONDS:
             return False
@@ -160,6 +167,10 @@ class StackResolver:
 
     def resolve(self, record: bytes) -> tuple[int, int]:
         """Unwind one snapshot record; returns (call_id, stack_id)."""
+        with self._lock:
+            return self._resolve(record)
+
+    def _resolve(self, record: bytes) -> tuple[int, int]:
         header = np.frombuffer(record[:STACK_HEADER_SIZE], dtype=_HEADER)[0]
         length = min(int(header["length"]), len(record) - STACK_HEADER_SIZE)
         shadow = {

@@ -75,18 +75,32 @@ def progress_printer(arguments: argparse.Namespace):
 
 def finish(trace: Trace, arguments: argparse.Namespace, to_stderr: bool = False) -> None:
     """The live report and the extra outputs, from the in-memory Trace (same code path as `analyze`)."""
-    from arena_trace.analysis.report import ReportOptions, render_report
-    from arena_trace.analysis.summary import build_summary, write_summary
+    import json
 
-    options = ReportOptions(top=arguments.top)
+    from rich.console import Console
+
+    from arena_trace.analysis.aggregate import Analysis, AnalysisOptions
+    from arena_trace.analysis.report import render_report
+    from arena_trace.analysis.summary import build_summary
+
+    options = AnalysisOptions(top=arguments.top)
+    analysis = Analysis(trace, options)
     if arguments.json is not None:
-        write_summary(build_summary(trace, options), arguments.json)
+        document = json.dumps(build_summary(trace, options, analysis), indent=2) + "\n"
+        if str(arguments.json) == "-":
+            sys.stdout.write(document)
+        else:
+            try:
+                arguments.json.write_text(document)
+            except OSError as error:
+                raise OutputError(f"cannot write {arguments.json}: {error.strerror or error}") from None
     if arguments.speedscope is not None:
         from arena_trace.commands.flamegraph import export
 
-        export(trace, "speedscope", arguments.speedscope)
+        export(trace, "speedscope", arguments.speedscope, force=arguments.force)
         print(f"arena-trace: flamegraph written to {arguments.speedscope} "
-              f"(open it in https://www.speedscope.app or `arena-trace view {arguments.speedscope}`)",
-              file=sys.stderr)
+              f"(view it with: arena-trace view {arguments.speedscope})", file=sys.stderr)
     if str(arguments.json) != "-":
-        render_report(trace, options)
+        stream = sys.stderr if to_stderr else sys.stdout
+        console = Console(file=stream, highlight=False, width=None if stream.isatty() else 160)
+        render_report(trace, options, console, analysis)

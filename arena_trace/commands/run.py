@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 
 from arena_trace.commands.recording import add_recording_arguments, finish, progress_printer, recording_options
@@ -47,14 +48,16 @@ class RunCommand:
         try:
             plan = plan_probes(paused.pid, allocators, full=arguments.full)
             recording = Recording(plan, Target(paused.pid, exit_status=paused.exit_status), options, progress)
-            trace = recording.run(on_attached=release)
+            recording.command_description = {"comm": os.path.basename(executable)[:15], "cmdline": command}
+            trace = recording.run(on_attached=release, on_resolver=lambda resolver: setattr(
+                paused.holder, "on_exit", lambda: resolver.refresh_maps(force=True)))
         finally:
             if not released:
                 paused.abandon()
         # Ctrl-C reaches the command too (same process group); wait for it without dying ourselves.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            status = paused.process.wait()
+            status = paused.wait()
         finally:
             signal.signal(signal.SIGINT, previous)
         trace.footer["target_exit_status"] = status

@@ -77,6 +77,8 @@ class ElfFile:
                 raise ElfError(f"{self.path}: not an ELF file (bad magic)")
             self._stream.seek(0)
             self._elf = self._guard(lambda: ELFFile(self._stream), "header")
+            if self._elf["e_type"] == "ET_NONE":
+                raise ElfError(f"{self.path}: ELF header has no file type (e_type 0)")
             self.segments = self._guard(self._read_load_segments, "program headers")
             self._sections = self._guard(self._read_sections, "section headers")
         except BaseException:
@@ -252,12 +254,13 @@ def build_id_path(debug_directory: str, build_id: str) -> str:
     return os.path.join(debug_directory, ".build-id", build_id[:2], build_id[2:] + ".debug")
 
 
-def _debug_directories(root_prefix: str, extra_directories: Iterable[str]) -> list[str]:
+def _debug_directories(root_prefix: str, extra_directories: Iterable[str], default_directory: str
+                       ) -> list[str]:
     """Caller's directories first, then the target's own /usr/lib/debug, then the host's."""
     directories = [str(directory) for directory in extra_directories]
     if root_prefix:
         directories.append(root_prefix.rstrip("/") + DEFAULT_DEBUG_DIRECTORY)
-    directories.append(DEFAULT_DEBUG_DIRECTORY)
+    directories.append(default_directory)
     return list(dict.fromkeys(directories))
 
 
@@ -267,15 +270,17 @@ def _build_id_of(path: str) -> str | None:
 
 
 def find_debug_file(binary: ElfFile, target_path: str | None = None, root_prefix: str = "",
-                    debug_directories: Iterable[str] = ()) -> DebugFileLookup:
+                    debug_directories: Iterable[str] = (),
+                    default_debug_directory: str = DEFAULT_DEBUG_DIRECTORY) -> DebugFileLookup:
     """Find the separate debug file the way gdb does: by build-id, then by .gnu_debuglink with its CRC.
 
     target_path is the binary's path as the target process sees it (used for /usr/lib/debug/<dir>/);
     binary.path is where we can open it (e.g. under /proc/PID/root, which is also root_prefix).
+    default_debug_directory is the host's /usr/lib/debug; tests point it elsewhere.
     """
     tried: list[str] = []
     problems: list[str] = []
-    directories = _debug_directories(root_prefix, debug_directories)
+    directories = _debug_directories(root_prefix, debug_directories, default_debug_directory)
     build_id = binary.build_id
 
     if build_id:

@@ -19,7 +19,14 @@ from elftools.dwarf.compileunit import CompileUnit
 from elftools.dwarf.die import DIE
 from elftools.dwarf.dwarfinfo import DWARFInfo
 
-from .elf_file import DebugFileLookup, ElfError, ElfFile, find_debug_file, open_elf
+from .elf_file import (
+    DEFAULT_DEBUG_DIRECTORY,
+    DebugFileLookup,
+    ElfError,
+    ElfFile,
+    find_debug_file,
+    open_elf,
+)
 
 # GCC's IPA clones keep the base name and add a suffix; .cold is a split-off fragment, not an entry.
 CLONE_SUFFIX = r"(?:\.(?:constprop|part|isra|lto_priv)\.\d+)+"
@@ -316,11 +323,13 @@ def _preferred(symbols: list[Symbol]) -> Symbol:
 
 
 def build_symbol_table(binary_path: str, target_path: str | None = None, root_prefix: str = "",
-                       debug_directories: Iterable[str] = ()) -> SymbolTable:
+                       debug_directories: Iterable[str] = (),
+                       default_debug_directory: str = DEFAULT_DEBUG_DIRECTORY) -> SymbolTable:
     target_path = target_path or binary_path
     with open_elf(binary_path) as binary:
         lookup = find_debug_file(binary, target_path=target_path, root_prefix=root_prefix,
-                                 debug_directories=debug_directories)
+                                 debug_directories=debug_directories,
+                                 default_debug_directory=default_debug_directory)
         symbols = _read_symbol_section(binary, ".symtab", "symtab")
         symbols += _read_symbol_section(binary, ".dynsym", "dynsym")
         build_id = binary.build_id

@@ -2,7 +2,13 @@ import os
 
 import pytest
 from arena_trace.tracer.elf_file import open_elf
-from arena_trace.tracer.placement import choose_placement, emulation_class, misses_after, place_function
+from arena_trace.tracer.placement import (
+    choose_placement,
+    emulation_class,
+    kernel_has_nop5_fast_path,
+    misses_after,
+    place_function,
+)
 from arena_trace.tracer.symbols import load_symbol_table
 
 ENTRY = 0x1000
@@ -41,6 +47,12 @@ def test_push_at_entry() -> None:
 def test_nop5_at_entry() -> None:
     placement = place("0f1f440000" + "55" + RET)
     assert placement.kind == "nop5" and placement.cost_class == "nop5" and placement.offset_from_entry == 0
+
+
+def test_nop5_without_kernel_fast_path_is_emulated() -> None:
+    placement = place("0f1f440000" + RET, nop5_fast_path=False)
+    assert placement.kind == "entry" and placement.cost_class == "emulated"
+    assert kernel_has_nop5_fast_path("6.18.44-custom") and not kernel_has_nop5_fast_path("6.1.0-26-amd64")
 
 
 def test_nop5_crossing_a_page_is_only_emulated() -> None:

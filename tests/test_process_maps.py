@@ -47,7 +47,8 @@ def test_group_modules_load_base_and_host_path() -> None:
     # Only the text segment of a deleted library is mapped: base falls back to start - offset.
     native = find_library(grouped.values(), r"^libnative_alloc\.so")
     assert native is not None and native.load_base == 0x7F1A2B200000 - 0x5000
-    assert native.host_path.endswith("/work/libnative_alloc.so")
+    assert native.path == "/work/libnative_alloc.so"
+    assert native.host_path == "/proc/4242/map_files/7f1a2b200000-7f1a2b201000"
     assert find_libc(grouped.values()) is libc
     assert find_library(grouped.values(), lambda name: name == "nothing") is None
 

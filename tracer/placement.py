@@ -13,6 +13,8 @@ reads, or branch; and nothing in the function may jump into the skipped range.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +45,7 @@ REP_PREFIX = 0xF3
 LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67})
 PAGE_SIZE = 4096
 NOP5_LENGTH = 5
+NOP5_FAST_PATH_SINCE = (6, 17)
 
 SYSV_ARGUMENT_REGISTERS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
 MAX_SKIPPED_INSTRUCTIONS = 16
@@ -131,9 +134,21 @@ def emulation_class(raw: bytes, mnemonic: str) -> str:
     return "single-step"
 
 
-def _probe_class(item: _Decoded) -> str:
+def kernel_has_nop5_fast_path(release: str | None = None) -> bool:
+    """Whether the running kernel turns a uprobe on a nop5 into a trampoline call (6.17 and later).
+
+    Later kernels may move the fast path to other nop forms; then this gives a cost that is too low,
+    never a wrong placement, because a nop is emulated either way.
+    """
+    release = release or os.uname().release
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return bool(match) and (int(match.group(1)), int(match.group(2))) >= NOP5_FAST_PATH_SINCE
+
+
+def _probe_class(item: _Decoded, nop5_fast_path: bool) -> str:
     cost_class = emulation_class(item.raw, item.instruction.mnemonic)
-    if cost_class == "nop5" and item.address % PAGE_SIZE > PAGE_SIZE - NOP5_LENGTH:
+    crosses_page = item.address % PAGE_SIZE > PAGE_SIZE - NOP5_LENGTH
+    if cost_class == "nop5" and (crosses_page or not nop5_fast_path):
         return "emulated"  # the kernel only rewrites a nop5 that does not cross a page
     return cost_class
 
@@ -200,12 +215,13 @@ def _register_set(names: Iterable[str]) -> set[str]:
 def choose_placement(function: str, code: bytes, entry_address: int, *,
                      needed_registers: Sequence[str] = SYSV_ARGUMENT_REGISTERS,
                      whole_function: bool = True, extra_code: Sequence[tuple[bytes, int]] = (),
-                     max_skipped: int = MAX_SKIPPED_INSTRUCTIONS) -> Placement:
+                     max_skipped: int = MAX_SKIPPED_INSTRUCTIONS, nop5_fast_path: bool = True) -> Placement:
     """Pick the probe address for one function, given its machine code starting at its entry.
 
     code should hold the whole function (by symbol size) so every branch into the skipped range can be
     found; whole_function=False says it does not, and then the probe stays at the entry.
     extra_code holds other pieces that may jump back in (e.g. the function's .cold part).
+    nop5_fast_path says whether the kernel optimises probes on 5-byte nops (kernel_has_nop5_fast_path()).
     """
     decoded = _decode(code, entry_address)
     if not decoded:
@@ -213,7 +229,7 @@ def choose_placement(function: str, code: bytes, entry_address: int, *,
                          "(undecodable)", "single-step", True, None,
                          "the first instruction could not be decoded; the kernel will single-step it")
     first = decoded[0]
-    first_class = _probe_class(first)
+    first_class = _probe_class(first, nop5_fast_path)
     if first_class != "single-step":
         kind = "nop5" if first_class == "nop5" else "entry"
         return _at(function, first, first, kind, first_class, None, "the first instruction is emulated")
@@ -226,7 +242,7 @@ def choose_placement(function: str, code: bytes, entry_address: int, *,
         blocker = _why_not_skippable(decoded[index - 1].instruction, protected)
         if blocker is not None:
             return at_entry(f"cannot move past '{decoded[index - 1].text}': {blocker}")
-        candidate_class = _probe_class(candidate)
+        candidate_class = _probe_class(candidate, nop5_fast_path)
         if candidate_class == "single-step":
             continue
         decoded_bytes = sum(item.size for item in decoded)
@@ -299,4 +315,5 @@ def place_symbol(symbols: SymbolTable, binary: ElfFile, symbol: Symbol, *,
     if cold is not None and cold.size:
         extra.append((binary.read_at_virtual_address(cold.address, cold.size), cold.address))
     return choose_placement(symbol.name, code, symbol.address, needed_registers=needed_registers,
-                            whole_function=whole_function, extra_code=extra)
+                            whole_function=whole_function, extra_code=extra,
+                            nop5_fast_path=kernel_has_nop5_fast_path())

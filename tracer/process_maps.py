@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,6 +165,15 @@ def _load_base(mappings: Iterable[Mapping]) -> int:
     return ordered[0].start - ordered[0].offset
 
 
+def _module_host_path(pid: int, path: str, group: Sequence[Mapping]) -> str:
+    if path.endswith(_DELETED_SUFFIX):
+        # The file was replaced or removed (e.g. a package upgrade under a running process); its
+        # contents stay reachable through map_files, which needs root, as tracing does anyway.
+        first = min(group, key=lambda mapping: (mapping.offset, mapping.start))
+        return str(_proc_path(pid, "map_files", f"{first.start:x}-{first.end:x}"))
+    return host_path_for(pid, path)
+
+
 def group_modules(pid: int, mappings: Iterable[Mapping]) -> list[Module]:
     by_path: dict[str, list[Mapping]] = {}
     for mapping in mappings:
@@ -172,8 +181,8 @@ def group_modules(pid: int, mappings: Iterable[Mapping]) -> list[Module]:
             by_path.setdefault(mapping.path, []).append(mapping)
     return [
         Module(
-            path=path,
-            host_path=host_path_for(pid, path),
+            path=path.removesuffix(_DELETED_SUFFIX),
+            host_path=_module_host_path(pid, path, group),
             load_base=_load_base(group),
             mappings=tuple(sorted(group, key=lambda mapping: mapping.start)),
         )

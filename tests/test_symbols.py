@@ -135,3 +135,10 @@ def test_inlined_entry_from_dwarf() -> None:
     assert len(entries) == 1
     assert arena_get2.address < entries[0].entry_address < arena_get2.end
     assert entries[0].ranges[0][0] <= entries[0].entry_address
+
+
+@needs_libc_debug
+def test_source_line() -> None:
+    table = load_symbol_table(LIBC)
+    file_name, line = table.source_line(table.lookup("free").address)
+    assert file_name.endswith("malloc.c") and line > 3000

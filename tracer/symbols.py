@@ -143,6 +143,7 @@ class SymbolTable:
     _sorted: list[Symbol] = field(default_factory=list, repr=False)
     _dwarf_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _inlined_cache: dict[tuple[str, str], list[InlinedEntry]] = field(default_factory=dict, repr=False)
+    _line_tables: LineTables | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for symbol in self.symbols:
@@ -225,6 +226,15 @@ class SymbolTable:
                 self._inlined_cache[key] = self._find_inlined(inlined_name, within)
             return self._inlined_cache[key]
 
+    def source_line(self, address: int) -> tuple[str, int] | None:
+        """(file, line) for an address from .debug_line, reading only the CU that covers it."""
+        if not self.debug_lookup.path:
+            return None
+        with self._dwarf_lock:
+            if self._line_tables is None:
+                self._line_tables = LineTables(self.debug_lookup.path)
+            return self._line_tables.lookup(address)
+
     def _find_inlined(self, inlined_name: str, within: str) -> list[InlinedEntry]:
         container = self.lookup(within)
         if container is None or not self.debug_lookup.path:
@@ -306,6 +316,72 @@ def find_inlined_entries(debug_path: str, inlined_name: str, start: int, end: in
         except Exception as error:  # pyelftools fails in many ways on unusual DWARF
             raise ElfError(f"{debug_path}: cannot read DWARF: {type(error).__name__}: {error}") from error
     return sorted(entries, key=lambda entry: entry.entry_address)
+
+
+class LineTables:
+    """Address -> (file, line) from .debug_line, decoded one compile unit at a time on first use."""
+
+    def __init__(self, debug_path: str) -> None:
+        self._debug_path = debug_path
+        self._by_unit: dict[int, tuple[list[int], list[tuple[str, int] | None]]] = {}
+        self._debug: ElfFile | None = None
+        self._dwarf: DWARFInfo | None = None
+
+    def close(self) -> None:
+        if self._debug is not None:
+            self._debug.close()
+            self._debug = self._dwarf = None
+
+    def lookup(self, address: int) -> tuple[str, int] | None:
+        try:
+            if self._dwarf is None:
+                # Kept open: parsing the DWARF section headers again for every address is the slow part.
+                self._debug = open_elf(self._debug_path)
+                self._dwarf = self._debug.pyelftools.get_dwarf_info()
+            aranges = self._dwarf.get_aranges()
+            unit_offset = aranges.cu_offset_at_addr(address) if aranges is not None else None
+            if unit_offset is None:
+                return None
+            if unit_offset not in self._by_unit:
+                self._by_unit[unit_offset] = _decode_line_table(self._dwarf, self._dwarf.get_CU_at(unit_offset))
+        except ElfError:
+            raise
+        except Exception as error:  # pyelftools fails in many ways on unusual DWARF
+            raise ElfError(f"{self._debug_path}: cannot read line table: {error}") from error
+        addresses, rows = self._by_unit[unit_offset]
+        index = bisect.bisect_right(addresses, address) - 1
+        return rows[index] if index >= 0 else None
+
+
+def _decode_line_table(dwarf: DWARFInfo, unit: CompileUnit) -> tuple[list[int], list[tuple[str, int] | None]]:
+    program = dwarf.line_program_for_CU(unit)
+    if program is None:
+        return [], []
+    header = program.header
+    files = header.file_entry
+    directories = header.include_directory
+    # DWARF 5 numbers files from 0; earlier versions from 1.
+    first_file = 0 if header.version >= 5 else 1
+
+    def file_name(index: int) -> str:
+        if not 0 <= index - first_file < len(files):
+            return "?"
+        entry = files[index - first_file]
+        name = entry.name.decode("utf-8", errors="replace")
+        directory_index = entry.dir_index - (0 if header.version >= 5 else 1)
+        if 0 <= directory_index < len(directories) and not name.startswith("/"):
+            return os.path.normpath(os.path.join(directories[directory_index].decode("utf-8", "replace"), name))
+        return name
+
+    rows: list[tuple[int, tuple[str, int] | None]] = []
+    for entry in program.get_entries():
+        state = entry.state
+        if state is None:
+            continue
+        # An end_sequence row marks where covered code stops; map what follows to nothing.
+        rows.append((state.address, None if state.end_sequence else (file_name(state.file), state.line)))
+    rows.sort(key=lambda row: row[0])
+    return [address for address, _ in rows], [row for _, row in rows]
 
 
 def _unique_by_address(symbols: Iterable[Symbol]) -> list[Symbol]:

@@ -43,6 +43,7 @@ from arena_trace.tracer.trace_format import (
     Trace,
     aggregate_schema,
     empty_aggregates,
+    final_metadata,
 )
 
 from arena_trace.errors import BadTraceError
@@ -329,7 +330,7 @@ def read_trace(path: str | os.PathLike[str], debug_dirs: tuple[str, ...] | list[
     finally:
         stream.close()
     aggregates = scan.aggregates.to_pandas() if scan.aggregates is not None else empty_aggregates()
-    trace = Trace(metadata=scan.metadata, events=events, aggregates=aggregates, frames=frames_frame(scan.frames),
+    trace = Trace(metadata=final_metadata(scan.metadata, scan.footer), events=events, aggregates=aggregates, frames=frames_frame(scan.frames),
                   stacks=stacks_frame(scan.stacks), footer=scan.footer, damage=scan.damage)
     if debug_dirs:
         from arena_trace.analysis.resymbolize import resymbolize

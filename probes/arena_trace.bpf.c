@@ -366,12 +366,21 @@ static __always_inline int on_return(u16 function, u64 return_value) {
     return 0;
 }
 
+struct thread_name {
+    char comm[TASK_COMM_LEN];
+};
+/* names of the target's threads as they exit: short-lived workers are gone before /proc can be read */
+BPF_HASH(exited_thread_names, u32, struct thread_name, 65536);
+
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     if ((pid_tgid >> 32) != TARGET_TGID)
         return 0;
     u32 tid = (u32)pid_tgid;
     threads.delete(&tid);
+    struct thread_name name = {};
+    bpf_get_current_comm(&name.comm, sizeof(name.comm));
+    exited_thread_names.update(&tid, &name);
     return 0;
 }
 

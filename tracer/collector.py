@@ -113,6 +113,10 @@ class Collector:
             rows["histogram"].append(histogram.tolist())
         return pa.Table.from_pydict(rows, schema=aggregate_schema())
 
+    def exited_thread_names(self) -> dict[int, str]:
+        return {int(tid.value): bytes(name.comm).split(b"\0", 1)[0].decode(errors="replace")
+                for tid, name in self.bpf["exited_thread_names"].items()}
+
     def counters(self) -> dict[str, int]:
         table = self.bpf["counters"]
         return {name: int(sum(table[ctypes.c_int(index)])) for index, name in enumerate(COUNTER_NAMES)}

@@ -174,17 +174,18 @@ class Recording:
             collector.drain()
             aggregates = collector.aggregates()
             counters = collector.counters()
+            self.threads.update(collector.exited_thread_names())
             self._learn_main_arena()
             self.attachment.close()
             self.detach_seconds = time.monotonic() - detach_started
             self.writer.set_aggregates(aggregates)
             self._refresh_threads()
-            if not self.target_started:
-                # Described at attach time it was still the paused /bin/sh; the command exec'd since.
-                metadata["target"].update(self.command_description or {})
-            metadata["threads"] = [{"tid": tid, "name": name} for tid, name in sorted(self.threads.items())]
-            metadata["maps"] = resolver.maps_snapshot
-            metadata["allocators"] = [allocator.describe() for allocator in self.plan.allocators]
+            late = {
+                "threads": [{"tid": tid, "name": name} for tid, name in sorted(self.threads.items())],
+                "maps": resolver.maps_snapshot,
+                "allocators": [allocator.describe() for allocator in self.plan.allocators],
+                "target": {**metadata["target"], **(self.command_description or {})},
+            }
             footer = {
                 "end_ns": stopped_ns,
                 "duration_ns": stopped_ns - metadata["start_ns"],
@@ -199,9 +200,7 @@ class Recording:
                 "target_exit_status": self.target.status,
                 "attach_seconds": round(self.attach_seconds, 4),
                 "detach_seconds": round(self.detach_seconds, 4),
-                "threads": metadata["threads"],
-                "maps": metadata["maps"],
-                "allocators": metadata["allocators"],
+                "metadata": late,
             }
             trace = self.writer.close(footer)
             resolver.close()

@@ -98,6 +98,12 @@ class Trace:
         return {entry["id"]: entry["name"] for entry in self.metadata.get("functions", [])}
 
 
+def final_metadata(metadata: dict[str, Any], footer: dict[str, Any]) -> dict[str, Any]:
+    """Facts learned during the recording (thread names, final maps, the command's name) travel in the
+    footer's ``metadata`` and override the header's; writer and reader both apply this one rule."""
+    return {**metadata, **footer.get("metadata", {})}
+
+
 def encode_section(kind: SectionKind, encoding: Encoding, payload: bytes) -> bytes:
     header = SECTION_HEADER.pack(SECTION_MAGIC, kind, encoding, 0, len(payload), zlib.crc32(payload))
     return header + payload

@@ -21,6 +21,7 @@ from arena_trace.tracer.trace_format import (
     arrow_payload,
     encode_header,
     encode_section,
+    final_metadata,
 )
 
 
@@ -112,7 +113,7 @@ class TraceWriter:
             self._file.close()
             self._file = None
         return Trace(
-            metadata=self.metadata,
+            metadata=final_metadata(self.metadata, footer),
             events=events_frame(self._event_batches),
             aggregates=self._aggregates.to_pandas(),
             frames=pd.DataFrame(self._frames, columns=list(FRAME_COLUMNS)),

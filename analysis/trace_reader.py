@@ -330,8 +330,9 @@ def read_trace(path: str | os.PathLike[str], debug_dirs: tuple[str, ...] | list[
     finally:
         stream.close()
     aggregates = scan.aggregates.to_pandas() if scan.aggregates is not None else empty_aggregates()
-    trace = Trace(metadata=final_metadata(scan.metadata, scan.footer), events=events, aggregates=aggregates, frames=frames_frame(scan.frames),
-                  stacks=stacks_frame(scan.stacks), footer=scan.footer, damage=scan.damage)
+    trace = Trace(metadata=final_metadata(scan.metadata, scan.footer), events=events, aggregates=aggregates,
+                  frames=frames_frame(scan.frames), stacks=stacks_frame(scan.stacks), footer=scan.footer,
+                  damage=scan.damage)
     if debug_dirs:
         from arena_trace.analysis.resymbolize import resymbolize
 

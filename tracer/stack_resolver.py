@@ -22,7 +22,8 @@ from arena_trace.tracer.symbols import SymbolTable, load_symbol_table
 from arena_trace.tracer.unwind import StackSnapshot, Unwinder, UnwindModule
 
 _HEADER = stack_header_dtype()
-MAPS_REFRESH_SECONDS = 0.5
+MAPS_REFRESH_SECONDS = 0.5  # periodic refresh
+UNKNOWN_PC_REFRESH_SECONDS = 0.005  # a pc outside every module: a library (or a whole exec) appeared
 REGISTERS = ("rip", "rsp", "rbp", "rbx", "r12", "r13", "r14", "r15")
 
 
@@ -65,14 +66,14 @@ class StackResolver:
         self._descriptors = []
 
     # --- modules -------------------------------------------------------------------------------
-    def refresh_maps(self, force: bool = False) -> bool:
+    def refresh_maps(self, force: bool = False, minimum_age: float = MAPS_REFRESH_SECONDS) -> bool:
         # Called from the collector and from run mode's exit holder thread.
         with self._lock:
-            return self._refresh_maps(force)
+            return self._refresh_maps(force, minimum_age)
 
-    def _refresh_maps(self, force: bool) -> bool:
+    def _refresh_maps(self, force: bool, minimum_age: float) -> bool:
         now = time.monotonic()
-        if not force and now - self._last_refresh < MAPS_REFRESH_SECONDS:
+        if not force and now - self._last_refresh < minimum_age:
             return False
         self._last_refresh = now
         try:
@@ -143,7 +144,7 @@ class StackResolver:
     # --- frames and stacks ----------------------------------------------------------------------
     def _frame_id(self, pc: int, is_return_address: bool) -> int:
         module = self._module_for(pc)
-        if module is None and self.refresh_maps():
+        if module is None and self.refresh_maps(minimum_age=UNKNOWN_PC_REFRESH_SECONDS):
             module = self._module_for(pc)
         key = ("", pc) if module is None else (module.path, pc - module.load_bias)
         frame_id = self._frame_ids.get(key)
@@ -188,7 +189,7 @@ class StackResolver:
         result = self._unwinder.unwind(snapshot) if self._unwinder else None
         pcs = result.pcs if result else [int(header["rip"])]
         status = result.status if result else "no-module"
-        if status == "no-module" and self.refresh_maps():
+        if status == "no-module" and self.refresh_maps(minimum_age=UNKNOWN_PC_REFRESH_SECONDS):
             result = self._unwinder.unwind(snapshot)
             pcs, status = result.pcs, result.status
         frames = tuple(self._frame_id(pc, index > 0) for index, pc in enumerate(pcs))

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
+from arena_trace.analysis.profile_rules import event_roots
 from arena_trace.analysis.profile_stacks import Frame, StackBuilder
 
 # Beyond this many top-level calls per thread, keep the longest ones: the timeline is for finding stalls,
@@ -67,10 +69,22 @@ def build_timelines(events: pd.DataFrame, stacks: StackBuilder, base: int, max_t
     """Timelines for the ``max_threads`` threads with the most streamed allocator time."""
     if events.empty:
         return []
-    time_per_thread = events.groupby("tid")["duration_ns"].sum().sort_values(ascending=False, kind="stable")
+    events = events.reset_index(drop=True)
+    roots = event_roots(events)
+    is_root = roots == np.arange(len(events))
+    durations = events["duration_ns"].to_numpy().astype(np.int64)
+    tids = events["tid"].to_numpy()
+    time_per_thread = pd.Series(durations).groupby(tids).sum().sort_values(ascending=False, kind="stable")
     timelines = []
     for tid in time_per_thread.index[:max_threads]:
-        rows = events[events["tid"] == tid]
+        thread_roots = np.flatnonzero(is_root & (tids == tid))
+        total = len(thread_roots)
+        if total > MAX_TOP_LEVEL_CALLS:
+            # Select before building Python objects: a thread may have millions of calls.
+            longest = np.argsort(-durations[thread_roots], kind="stable")[:MAX_TOP_LEVEL_CALLS]
+            thread_roots = thread_roots[longest]
+        keep = np.isin(roots, thread_roots) & (tids == tid)
+        rows = events.loc[keep]
         calls: dict[int, _Call] = {}
         parents: dict[int, int] = {}
         for row in rows[["call_id", "parent_call_id", "timestamp_ns", "duration_ns", "stack_id", "path",
@@ -79,19 +93,16 @@ def build_timelines(events: pd.DataFrame, stacks: StackBuilder, base: int, max_t
             frames = stacks.stack(int(row.stack_id), int(row.path), int(row.function))
             calls[int(row.call_id)] = _Call(start, start + int(row.duration_ns), frames)
             parents[int(row.call_id)] = int(row.parent_call_id)
-        roots = []
+        top_level = []
         for call_id, call in calls.items():
             parent = calls.get(parents[call_id])
             if parent is not None and parents[call_id] != call_id:
                 parent.children.append(call)
             else:
-                roots.append(call)
-        total = len(roots)
-        if total > MAX_TOP_LEVEL_CALLS:
-            roots = sorted(roots, key=lambda call: call.end - call.start, reverse=True)[:MAX_TOP_LEVEL_CALLS]
+                top_level.append(call)
         output: list[tuple[str, Frame, int]] = []
         cursor = 0
-        for root in sorted(roots, key=lambda call: call.start):
+        for root in sorted(top_level, key=lambda call: call.start):
             cursor = _emit(root, (), cursor, max(root.end, cursor), output)
-        timelines.append(Timeline(int(tid), output, len(roots), total, cursor))
+        timelines.append(Timeline(int(tid), output, len(top_level), total, cursor))
     return timelines

@@ -323,3 +323,34 @@ def test_flamegraph_totals_equal_the_report(tmp_path: Path, options: dict) -> No
     totals = pprof_reader.decode(written["pprof"][0].read_bytes()).totals()
     assert totals["alloc_time"] == expected["alloc_time"]
     assert totals.get("lock_wait", 0) == expected["lock_wait"]
+
+
+def test_view_serves_on_loopback_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from arena_trace.analysis.speedscope_assets import release_directory
+
+    assert release_directory() is not None, f"speedscope is missing: {INSTALL_HINT}"
+    profile = tmp_path / "given.speedscope.json"
+    profile.write_bytes(export_speedscope.to_json(export_speedscope.build_document(make_export_trace())))
+    process = subprocess.Popen([sys.executable, "-m", "arena_trace", "view", str(profile)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and "#profileURL=%2Fprofiles%2Fgiven.speedscope.json" in url
+        base = url.split("#")[0]
+        with urllib.request.urlopen(base, timeout=5) as response:
+            assert b"speedscope" in response.read()
+        with urllib.request.urlopen(base + "profiles/given.speedscope.json", timeout=5) as response:
+            assert response.read() == profile.read_bytes()  # an existing speedscope file is served as is
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import mimetypes
+import signal
 import threading
 import urllib.parse
 from http import HTTPStatus
@@ -150,6 +151,10 @@ def require_speedscope() -> Path:
     return directory
 
 
+def _interrupt(signal_number: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 class ViewCommand:
     name = "view"
     help = "serve a trace in the speedscope viewer on 127.0.0.1"
@@ -164,10 +169,14 @@ class ViewCommand:
         directory = require_speedscope()
         name, profile = load_profile(arguments.file)
         server = ProfileServer(directory, name, profile, arguments.port)
+        # SIGTERM (kill, systemd, a closing SSH session's hang-up) stops it as cleanly as Ctrl-C.
+        for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop_signal, _interrupt)
         print(f"speedscope is serving {arguments.file} on {BIND_ADDRESS} only; open:\n  {server.url()}")
         print(f"(from another machine: ssh -L {server.port}:127.0.0.1:{server.port} HOST, then open the same URL; "
               "Ctrl-C stops)", flush=True)
         server.serve_until_interrupted()
+        print("stopped")
         return 0
 
 

@@ -193,6 +193,11 @@ def detect_allocators(pid: int, wanted: str = "auto", debug_directories: tuple[s
         modules = process_maps.modules(pid)
     except process_maps.ProcessGone:
         raise TargetError(f"process {pid} does not exist (or exited)") from None
+    except PermissionError:
+        # Even root is refused for some processes (another user namespace, a hardened init): say so
+        # rather than fail with an internal error.
+        raise TargetError(f"cannot read the memory map of process {pid} (/proc/{pid}/maps): "
+                          "permission denied") from None
     found = []
     for name in _catalog_names(wanted):
         module = next((module for module in modules if _matches(CATALOGS[name], module.path)), None)

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from arena_trace.errors import OutputError, UsageError
+from arena_trace.errors import EnvironmentProblem, OutputError, UsageError
 from arena_trace.tracer.session import RecordOptions
 from arena_trace.tracer.trace_format import Trace
 
@@ -56,9 +56,20 @@ def _check_output(path: Path | None, force: bool, what: str) -> None:
         raise OutputError(f"cannot write {what} {path}: directory {parent} is not writable")
 
 
+def require_privileges() -> None:
+    """Refuse before reading the target or compiling anything: without privileges the BPF compile fails
+    only after seconds of compiler noise, and /proc of another user's process raises PermissionError."""
+    from arena_trace.tracer.environment import check_privileges
+
+    check = check_privileges()
+    if not check.ok:
+        raise EnvironmentProblem(f"tracing needs privileges ({check.detail}): rerun with sudo")
+
+
 def recording_options(arguments: argparse.Namespace) -> RecordOptions:
     if arguments.top < 1:
         raise UsageError("--top must be at least 1")
+    require_privileges()
     for path, what in ((arguments.output, "trace file"), (arguments.json, "JSON file"),
                        (arguments.speedscope, "speedscope file")):
         _check_output(path, arguments.force, what)

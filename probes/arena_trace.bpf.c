@@ -32,6 +32,12 @@
 #define STREAM_NEVER 0 /* aggregate in the kernel */
 #define STREAM_ALWAYS 1
 #define STREAM_NESTED 2 /* stream only inside a traced allocator call (a syscall made by sysmalloc) */
+#define STREAM_BATCHED 3 /* every call, EVENT_BATCH events per ring-buffer record (--full-events) */
+/* what a frame does at return */
+#define EMIT_AGGREGATE 0
+#define EMIT_RECORD 1
+#define EMIT_BATCHED 2
+#define EVENT_BATCH @EVENT_BATCH@
 
 /* classify modes */
 #define CLASSIFY_NONE 0
@@ -62,6 +68,12 @@ struct frame {
     u16 function;
     u8 flags;
     u8 stream;
+};
+
+struct event_batch {
+    u32 count;
+    u32 unused;
+    struct call_event events[EVENT_BATCH];
 };
 
 struct thread_state {
@@ -102,6 +114,9 @@ BPF_PERCPU_ARRAY(counters, u64, COUNTERS);
 BPF_PERCPU_HASH(aggregates, struct aggregate_key, struct aggregate_value, 8192);
 BPF_RINGBUF_OUTPUT(call_events, @EVENT_RING_PAGES@);
 BPF_RINGBUF_OUTPUT(stack_snapshots, @STACK_RING_PAGES@);
+/* Per-CPU batch being filled; user space reads the partial ones from this map after detaching. */
+BPF_PERCPU_ARRAY(pending_batch, struct event_batch, 1);
+BPF_RINGBUF_OUTPUT(event_batches, @BATCH_RING_PAGES@);
 
 static __always_inline void count(int index) {
     u64 *value = counters.lookup(&index);
@@ -253,7 +268,12 @@ static __always_inline int on_entry(struct pt_regs *ctx, u16 function, u64 argum
     frame->argument0 = argument0;
     frame->argument1 = argument1;
     frame->flags = classify_lock(argument0, classify);
-    frame->stream = stream == STREAM_ALWAYS || (stream == STREAM_NESTED && depth > 0) || (frame->flags & FLAG_ARENA_LOCK);
+    if (stream == STREAM_ALWAYS || (stream == STREAM_NESTED && depth > 0) || (frame->flags & FLAG_ARENA_LOCK))
+        frame->stream = EMIT_RECORD;
+    else if (stream == STREAM_BATCHED)
+        frame->stream = EMIT_BATCHED;
+    else
+        frame->stream = EMIT_AGGREGATE;
     frame->child_ns = 0;
     frame->call_id = next_call_id();
     frame->return_slot = 0;
@@ -324,7 +344,43 @@ static __always_inline int on_return(u16 function, u64 return_value) {
     }
     state->depth = index;
     u8 flags = frame->flags | unmatched;
-    if (frame->stream) {
+    if (frame->stream == EMIT_BATCHED) {
+        int zero = 0;
+        struct event_batch *batch = pending_batch.lookup(&zero);
+        if (!batch)
+            return 0;
+        u32 slot = batch->count;
+        if (slot >= EVENT_BATCH)
+            slot = 0; /* only if a preempted program on this CPU interleaved with us */
+        struct call_event *event = &batch->events[slot & (EVENT_BATCH - 1)];
+        event->timestamp_ns = frame->start;
+        event->duration_ns = duration;
+        event->self_ns = self;
+        event->call_id = frame->call_id;
+        event->parent_call_id = parent_call_id;
+        event->path = path;
+        event->argument0 = frame->argument0;
+        event->argument1 = frame->argument1;
+        event->return_value = return_value;
+        event->tid = tid;
+        event->function = function;
+        event->depth = index;
+        event->flags = flags;
+        if (slot + 1 < EVENT_BATCH) {
+            batch->count = slot + 1;
+            return 0;
+        }
+        batch->count = EVENT_BATCH;
+        if (event_batches.ringbuf_output(batch, sizeof(*batch), BPF_RB_NO_WAKEUP) != 0) {
+            int lost = COUNTER_EVENTS_LOST;
+            u64 *value = counters.lookup(&lost);
+            if (value)
+                *value += EVENT_BATCH;
+        }
+        batch->count = 0;
+        return 0;
+    }
+    if (frame->stream == EMIT_RECORD) {
         struct call_event event = {};
         event.timestamp_ns = frame->start;
         event.duration_ns = duration;

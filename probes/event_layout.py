@@ -58,6 +58,7 @@ EVENT_FLAG_HAS_STACK = 8  # a stack snapshot was emitted for this call
 EVENT_FLAG_UNMATCHED = 16  # the return did not match the innermost open call (longjmp, attach mid-call)
 
 PATH_DEPTH = 8
+EVENT_BATCH = 64  # events per ring-buffer record in batched streaming: one record costs what one event did
 HISTOGRAM_BUCKETS = 40  # log2(ns) buckets: bucket b holds durations in [2^b, 2^(b+1))
 
 _C_TYPES = {"u64": "u64", "u32": "u32", "u16": "u16", "u8": "u8", "i32": "s32"}
@@ -93,6 +94,11 @@ def _dtype(fields: tuple[tuple[str, str, str], ...]) -> np.dtype:
 def event_dtype() -> np.dtype:
     """numpy dtype of one BPF call record, byte-compatible with ``c_struct()``."""
     return _dtype(EVENT_FIELDS)
+
+
+def batch_dtype() -> np.dtype:
+    """A batched record: ``count`` valid events out of EVENT_BATCH (``struct event_batch`` in the BPF C)."""
+    return np.dtype([("count", "<u4"), ("unused", "<u4"), ("events", event_dtype(), (EVENT_BATCH,))])
 
 
 def stack_header_dtype() -> np.dtype:

@@ -200,3 +200,17 @@ def test_arena_flags_only_on_arena_locks(tmp_path: Path) -> None:
     main_arena = trace.metadata["allocators"][0]["main_arena"]
     assert (flagged["argument0"].astype("uint64") == main_arena).all()
     assert ((flagged["flags"] & EVENT_FLAG_MAIN_ARENA) > 0).all()
+
+
+def test_full_events_stream_every_call_without_loss(tmp_path: Path) -> None:
+    """--full-events: every fast-path call becomes an event (64 per ring-buffer record), none lost."""
+    run = run_workload_traced(tmp_path, ["--allocator", "native", "--scenario", "fastpath", "--threads", "2",
+                                         "--iterations", "100000"], ["--full-events"])
+    assert run.returncode == 0, run.stderr
+    assert run.summary["completeness"]["events_lost"] == 0
+    assert calls(run.summary, "na_alloc") == run.workload["calls"]["na_alloc"] == 200000
+    assert calls(run.summary, "na_free") == run.workload["calls"]["na_free"]
+    trace = read_trace(run.trace_path)
+    names = trace.events["function"].map(trace.function_names())
+    assert (names == "na_alloc").sum() == 200000  # streamed, not aggregated
+    assert trace.aggregates.empty or "na_alloc" not in set(trace.aggregates["function"].map(trace.function_names()))

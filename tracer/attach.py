@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -44,6 +47,7 @@ def _classify(probe: PlannedProbe) -> Classify:
 
 def handlers_for(plan: ProbePlan) -> list[UprobeHandler | SyscallHandler]:
     handlers: list[UprobeHandler | SyscallHandler] = []
+    fast_stream = Stream.BATCHED if plan.stream_full else Stream.NEVER
     for probe in plan.probes:
         if probe.probe_address is None:
             continue
@@ -52,7 +56,7 @@ def handlers_for(plan: ProbePlan) -> list[UprobeHandler | SyscallHandler]:
             function_id=probe.function_id,
             argument_registers=tuple(argument.register for argument in probe.spec.arguments[:2]),
             classify=_classify(probe),
-            stream=Stream.ALWAYS if slow else Stream.NEVER,
+            stream=Stream.ALWAYS if slow else fast_stream,
             want_stack=slow and probe.spec.stack,
             probe_address=probe.probe_address,
             main_arena_address=probe.allocator.main_arena_symbol or 0,
@@ -61,6 +65,32 @@ def handlers_for(plan: ProbePlan) -> list[UprobeHandler | SyscallHandler]:
         stream = Stream.ALWAYS if syscall.name in ALWAYS_STREAMED_SYSCALLS else Stream.NESTED
         handlers.append(SyscallHandler(function_id, syscall.name, stream))
     return handlers
+
+
+@contextlib.contextmanager
+def captured_descriptor_stderr() -> Iterator[io.StringIO]:
+    """Capture what C code (clang inside bcc, libbcc's attach messages) writes to file descriptor 2.
+
+    contextlib.redirect_stderr only swaps sys.stderr; without this a failed compile dumps hundreds of
+    clang lines on the user's terminal instead of our one-line message.
+    """
+    captured = io.StringIO()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(captured):
+                yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.write(sink.read().decode(errors="replace"))
+
+
+def _first_error_line(text: str) -> str | None:
+    return next((line.strip() for line in text.splitlines() if "error:" in line), None)
 
 
 @dataclass
@@ -77,22 +107,27 @@ class Attachment:
         self.plan = plan
         self.bpf = None
         self.uprobes_attached = 0
+        # Syscall tracepoints bcc attached when the program loaded, so attach() can restore them after
+        # detach_probes(): one compiled program can then be attached and detached repeatedly.
+        self._tracepoints: dict[bytes, bytes] = {}
 
     def compile(self) -> None:
         bcc = import_bcc()
         source = program_source(self.plan.pid, handlers_for(self.plan))
-        captured = io.StringIO()
         try:
             # bcc prints compiler noise on stderr; keep it for the error message only.
-            with contextlib.redirect_stderr(captured):
+            with captured_descriptor_stderr() as captured:
                 self.bpf = bcc.BPF(text=source)
         except Exception as error:  # noqa: BLE001 - bcc raises bare Exception for every failure
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            message = _first_error_line(captured.getvalue()) or \
+                (str(error).splitlines()[0] if str(error) else type(error).__name__)
             if os.geteuid() != 0:
                 raise EnvironmentProblem("loading BPF needs root (or CAP_BPF and CAP_PERFMON): "
                                          "rerun with sudo") from None
             raise EnvironmentProblem(f"cannot compile/load the BPF program: {message} "
                                      "(kernel headers? see `arena-trace doctor`)") from None
+        self._tracepoints = {name: b"tracepoint__" + name.replace(b":", b"__")
+                             for name in getattr(self.bpf, "tracepoint_fds", {})}
 
     def set_main_arena(self, address: int) -> None:
         settings = self.bpf["settings"]
@@ -107,14 +142,20 @@ class Attachment:
             self.compile()
         started = time.monotonic()
         attached = failed = 0
-        for probe in self.plan.probes:
-            if probe.probe_address is None:
-                failed += 1
-                continue
-            if self._attach_probe(probe):
-                attached += 1
-            else:
-                failed += 1
+        for tracepoint, function_name in self._tracepoints.items():
+            if tracepoint not in self.bpf.tracepoint_fds:
+                self.bpf.attach_tracepoint(tp=tracepoint, fn_name=function_name)
+        # libbcc prints "cannot attach uprobe..." on fd 2 for each failed try; the failures are
+        # reported per probe (probe.error) instead.
+        with captured_descriptor_stderr():
+            for probe in self.plan.probes:
+                if probe.probe_address is None:
+                    failed += 1
+                    continue
+                if self._attach_probe(probe):
+                    attached += 1
+                else:
+                    failed += 1
         if not os.path.exists(f"/proc/{self.plan.pid}/maps"):
             raise TargetError(f"process {self.plan.pid} exited while arena-trace was attaching")
         syscall_probes = 2 * len(self.plan.syscalls)  # tracepoints were attached when the program loaded

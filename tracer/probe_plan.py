@@ -109,11 +109,13 @@ class ProbePlan:
     syscalls: list[tuple[int, SyscallSpec]]
     full: bool
     warnings: list[str] = field(default_factory=list)
+    stream_full: bool = False  # --full-events: full-tier calls streamed as events, not aggregated
 
     def function_table(self) -> list[dict[str, Any]]:
         functions = [
             {"id": probe.function_id, "name": probe.spec.name, "kind": "function", "role": str(probe.spec.role),
-             "tier": str(probe.spec.tier), "allocator": probe.allocator.catalog.name}
+             "tier": str(probe.spec.tier), "allocator": probe.allocator.catalog.name,
+             "mode": "stream" if probe.spec.tier == Tier.SLOW or self.stream_full else "aggregate"}
             for probe in self.probes
         ]
         functions += [
@@ -227,7 +229,8 @@ def _needed_registers(spec: FunctionSpec) -> list[str]:
     return [argument.register for argument in spec.arguments[:2]]
 
 
-def plan_probes(pid: int, allocators: list[AllocatorTarget], full: bool = False) -> ProbePlan:
+def plan_probes(pid: int, allocators: list[AllocatorTarget], full: bool = False, stream_full: bool = False
+                ) -> ProbePlan:
     probes: list[PlannedProbe] = []
     warnings: list[str] = []
     next_id = 1
@@ -257,5 +260,5 @@ def plan_probes(pid: int, allocators: list[AllocatorTarget], full: bool = False)
     for syscall in SYSCALLS:
         syscalls.append((next_id, syscall))
         next_id += 1
-    return ProbePlan(pid, allocators, probes, syscalls, full, warnings)
+    return ProbePlan(pid, allocators, probes, syscalls, full, warnings, stream_full=full and stream_full)
 

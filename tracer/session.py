@@ -120,7 +120,8 @@ class Recording:
             "allocators": [allocator.describe() for allocator in self.plan.allocators],
             "probes": [probe.describe() for probe in self.plan.probes],
             "functions": self.plan.function_table(),
-            "options": {"full": self.options.full, "allocator": self.options.allocator,
+            "options": {"full": self.options.full, "full_events": self.plan.stream_full,
+                        "allocator": self.options.allocator,
                         "duration": self.options.duration},
             "warnings": list(self.plan.warnings),
             "start_ns": time.monotonic_ns(),
@@ -162,9 +163,11 @@ class Recording:
             # Created after attaching so a failed attach leaves no file behind.
             self.writer = TraceWriter(metadata, self.options.output, force=self.options.force)
             resolver = StackResolver(self.plan.pid, self.options.debug_directories)
-            collector = Collector(self.attachment.bpf, self.writer, resolver)
+            collector = Collector(self.attachment.bpf, self.writer, resolver,
+                                  frozenset(function_id for function_id, _ in self.plan.syscalls))
             if on_resolver is not None:
                 on_resolver(resolver)
+            collector.start_reader()
             if on_attached is not None:
                 on_attached()
             exit_reason = self._collect(collector, resolver)

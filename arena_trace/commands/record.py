@@ -34,7 +34,8 @@ class RecordCommand:
         check_target(arguments.pid)
         progress = progress_printer(arguments)
         allocators = detect_allocators(arguments.pid, arguments.allocator, options.debug_directories)
-        plan = plan_probes(arguments.pid, allocators, full=arguments.full)
+        plan = plan_probes(arguments.pid, allocators, full=arguments.full or arguments.full_events,
+                           stream_full=arguments.full_events)
         recording = Recording(plan, Target(arguments.pid), options, progress)
         trace = recording.run()
         if not trace.events.shape[0] and trace.footer.get("exit_reason") == "target-exited" and \

@@ -29,6 +29,9 @@ def add_recording_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true",
                         help="also trace every malloc/free/calloc/realloc/_int_malloc/_int_free (costly: "
                              "about 1 µs per call), aggregated in the kernel")
+    parser.add_argument("--full-events", action="store_true",
+                        help="with --full: record every call as an event (batched, for the trace file) instead "
+                             "of in-kernel histograms; implies --full")
     parser.add_argument("--allocator", choices=("auto", "glibc", "native"), default="auto",
                         help="which allocator to trace (default: every supported one found in the process)")
     parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the trace to FILE (mode 0600)")
@@ -73,7 +76,7 @@ def recording_options(arguments: argparse.Namespace) -> RecordOptions:
     for path, what in ((arguments.output, "trace file"), (arguments.json, "JSON file"),
                        (arguments.speedscope, "speedscope file")):
         _check_output(path, arguments.force, what)
-    return RecordOptions(duration=arguments.duration, full=arguments.full, allocator=arguments.allocator,
+    return RecordOptions(duration=arguments.duration, full=arguments.full or arguments.full_events, allocator=arguments.allocator,
                          output=arguments.output, force=arguments.force,
                          debug_directories=tuple(arguments.debug_dir))
 

@@ -46,7 +46,8 @@ class RunCommand:
             released = True
 
         try:
-            plan = plan_probes(paused.pid, allocators, full=arguments.full)
+            plan = plan_probes(paused.pid, allocators, full=arguments.full or arguments.full_events,
+                           stream_full=arguments.full_events)
             recording = Recording(plan, Target(paused.pid, exit_status=paused.exit_status), options, progress)
             recording.command_description = {"comm": os.path.basename(executable)[:15], "cmdline": command}
             trace = recording.run(on_attached=release, on_resolver=lambda resolver: setattr(

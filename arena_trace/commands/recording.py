@@ -76,8 +76,8 @@ def recording_options(arguments: argparse.Namespace) -> RecordOptions:
     for path, what in ((arguments.output, "trace file"), (arguments.json, "JSON file"),
                        (arguments.speedscope, "speedscope file")):
         _check_output(path, arguments.force, what)
-    return RecordOptions(duration=arguments.duration, full=arguments.full or arguments.full_events, allocator=arguments.allocator,
-                         output=arguments.output, force=arguments.force,
+    return RecordOptions(duration=arguments.duration, full=arguments.full or arguments.full_events,
+                         allocator=arguments.allocator, output=arguments.output, force=arguments.force,
                          debug_directories=tuple(arguments.debug_dir))
 
 

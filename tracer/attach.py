@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -137,18 +137,22 @@ class Attachment:
         settings = self.bpf["settings"]
         return int(settings[settings.Key(SETTING_MAIN_ARENA)].value)
 
-    def attach(self) -> AttachResult:
+    def attach(self, probes: Sequence[PlannedProbe] | None = None) -> AttachResult:
+        """Attach every planned probe and the syscall tracepoints, or only ``probes`` (a subset of the
+        plan, without tracepoints: the reliability tests cycle small sets against a busy target)."""
         if self.bpf is None:
             self.compile()
         started = time.monotonic()
         attached = failed = 0
-        for tracepoint, function_name in self._tracepoints.items():
-            if tracepoint not in self.bpf.tracepoint_fds:
-                self.bpf.attach_tracepoint(tp=tracepoint, fn_name=function_name)
+        if probes is None:
+            probes = self.plan.probes
+            for tracepoint, function_name in self._tracepoints.items():
+                if tracepoint not in self.bpf.tracepoint_fds:
+                    self.bpf.attach_tracepoint(tp=tracepoint, fn_name=function_name)
         # libbcc prints "cannot attach uprobe..." on fd 2 for each failed try; the failures are
         # reported per probe (probe.error) instead.
         with captured_descriptor_stderr():
-            for probe in self.plan.probes:
+            for probe in probes:
                 if probe.probe_address is None:
                     failed += 1
                     continue

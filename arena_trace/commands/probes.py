@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from rich.console import Console
 from rich.markup import escape
@@ -38,7 +39,7 @@ class ProbesCommand:
                         "warnings": plan.warnings}
             print(json.dumps(document, indent=2))
             return ExitCode.OK
-        console = Console()
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
         for allocator in plan.allocators:
             info = allocator.describe()
             console.print(f"[bold]{escape(info['name'])}[/]: {escape(info['path'])} build-id {info['build_id']} "

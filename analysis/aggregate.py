@@ -23,19 +23,14 @@ Definitions used everywhere (reports, JSON, findings):
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import pandas as pd
 from arena_trace.analysis.function_table import ROLE_CODE, FunctionTable, innermost_ancestor, path_contains
-from arena_trace.analysis.percentiles import (
-    QUANTILES,
-    grouped_sorted_durations,
-    histogram_of,
-    histogram_percentile,
-    percentiles_of_sorted,
-)
+from arena_trace.analysis.percentiles import QUANTILES, histogram_of, histogram_percentile, nearest_rank_index
 from arena_trace.analysis.stacks import StackTable
 from arena_trace.probes.event_layout import (
     EVENT_FLAG_ARENA_LOCK,
@@ -49,6 +44,10 @@ BY_CHOICES = ("path", "function", "arena", "thread", "stack")
 STAT_COLUMNS = ("calls", "total_ns", "self_ns", "mean_ns", "p50_ns", "p95_ns", "p99_ns", "max_ns", "estimated")
 LENGTH_SYSCALLS = ("mmap", "munmap", "mprotect", "madvise")
 ARROW = " → "
+# The hot-path and function tables walk the events in chunks of this many rows, so that their per-event
+# temporaries (int64 group codes, sort orders, int64 sums) cost a few MiB instead of 8+ bytes per event of
+# the whole trace (issue 4: at most 64 bytes per event in all, including the 47-byte events frame).
+CHUNK_ROWS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ class Analysis:
     def top_level_allocator(self) -> np.ndarray:
         """Which selected events count towards allocator time (see the module docstring)."""
         depth0 = self.column("depth") == 0
-        return depth0 & (self._counts_as_allocator | (self.is_syscall & self.arena_lock))
+        return depth0 & _allocator_calls(self.functions, self.function_ids, self.column("flags"))
 
     @cached_property
     def outermost_streamed_allocator(self) -> np.ndarray:
@@ -142,17 +141,19 @@ class Analysis:
         streamed_functions = [function for function in self.functions.by_id
                               if self.functions.is_streamed[function] and not self.functions.is_syscall[function]]
         no_streamed_caller = ~path_contains(self.column("path"), streamed_functions)
-        return (self._counts_as_allocator | (self.is_syscall & self.arena_lock)) & no_streamed_caller
-
-    @cached_property
-    def _counts_as_allocator(self) -> np.ndarray:
-        lock_wait = self.roles == ROLE_CODE["lock-wait"]
-        native = self.functions.is_native[self.function_ids & 0xFF]
-        return ~self.is_syscall & ~(lock_wait & ~self.arena_lock & ~native)
+        return _allocator_calls(self.functions, self.function_ids, self.column("flags")) & no_streamed_caller
 
     @cached_property
     def allocator_ns(self) -> int:
-        streamed = int(self.durations[self.top_level_allocator].sum())
+        # Summed chunk by chunk with the same rule as top_level_allocator, without caching that mask and
+        # the per-event arrays behind it: the hot-path table needs this total but none of those arrays.
+        functions, flags, depth, durations = (self.column(name) for name in ("function", "flags", "depth",
+                                                                             "duration_ns"))
+        streamed = 0
+        for rows in _chunks(len(durations)):
+            counted = _allocator_calls(self.functions, functions[rows] & 0xFF, flags[rows]) & (depth[rows] == 0)
+            # Multiplying by the 0/1 mask is several times faster than boolean indexing and cannot overflow.
+            streamed += int(np.multiply(durations[rows], counted).sum(dtype=np.uint64))
         aggregates = self.aggregates
         if len(aggregates) == 0:
             return streamed
@@ -190,9 +191,12 @@ class Analysis:
     @cached_property
     def function_stats(self) -> pd.DataFrame:
         """One row per function id seen: name, kind and STAT_COLUMNS, by total time."""
-        groups = 256
-        stats = _stats(self.function_ids, groups, self.durations, self.column("self_ns"), consume_codes=True)
-        rows = _merge_aggregates(stats, self._aggregate_groups(lambda function, path: function))
+        functions, durations, self_times = (self.column(name) for name in ("function", "duration_ns", "self_ns"))
+        grouped = _GroupedDurations(len(durations), durations.dtype)
+        function_keys = list(range(256))
+        for rows in _chunks(len(durations)):
+            grouped.add(functions[rows] & 0xFF, function_keys, durations[rows], self_times[rows])
+        rows = _merge_aggregates(grouped.finish(), self._aggregate_groups(lambda function, path: function))
         table = pd.DataFrame.from_dict(rows, orient="index", columns=list(STAT_COLUMNS))
         table.index.name = "function"
         table.insert(0, "name", [self.functions.name(function) for function in table.index])
@@ -205,26 +209,20 @@ class Analysis:
     @cached_property
     def path_stats(self) -> pd.DataFrame:
         """One row per call path: names, label, STAT_COLUMNS, calls_share and time_share, by total time."""
-        shown = ~(self.is_syscall & (self.column("depth") == 0) & ~self.arena_lock)  # app syscalls: see syscalls
-        everything = bool(shown.all())
-
-        def selected(values: np.ndarray) -> np.ndarray:
-            return values if everything else values[shown]  # no copy in the common case
-
-        path_codes, unique_paths = pd.factorize(selected(self.column("path")))
-        # One int64 key per (path, function, truncated), built in place to keep the transient memory low.
-        path_codes *= 512
-        path_codes += selected(self.function_ids).astype(np.int64) * 2
-        path_codes += selected((self.column("flags") & EVENT_FLAG_PATH_TRUNCATED) != 0)
-        group_codes, unique_keys = _dense_codes(path_codes, len(unique_paths) * 512)
-        stats = _stats(group_codes, len(unique_keys), selected(self.durations), selected(self.column("self_ns")),
-                       consume_codes=True)
-        keyed = {}
-        for code, key in enumerate(unique_keys.tolist()):
-            if code in stats:
-                keyed[(int(unique_paths[key // 512]), (key % 512) // 2, bool(key % 2))] = stats[code]
-        keyed = _merge_aggregates(keyed, self._aggregate_groups(lambda function, path: (path, function, False),
-                                                                skip_top_level_syscalls=True))
+        paths, functions, flags, depth, durations, self_times = (
+            self.column(name) for name in ("path", "function", "flags", "depth", "duration_ns", "self_ns"))
+        grouped = _GroupedDurations(len(durations), durations.dtype)
+        for rows in _chunks(len(durations)):
+            function_ids = functions[rows] & 0xFF
+            chunk_flags = flags[rows]
+            # The application's own top-level syscalls are not part of any allocator path (see syscalls).
+            hidden = np.take(self.functions.is_syscall, function_ids) & (depth[rows] == 0) & \
+                ((chunk_flags & EVENT_FLAG_ARENA_LOCK) == 0)
+            codes, keys = _path_keys(paths[rows], function_ids, (chunk_flags & EVENT_FLAG_PATH_TRUNCATED) != 0,
+                                     hidden)
+            grouped.add(codes, keys, durations[rows], self_times[rows])
+        keyed = _merge_aggregates(grouped.finish(), self._aggregate_groups(
+            lambda function, path: (path, function, False), skip_top_level_syscalls=True))
         records = []
         for (path, function, was_truncated), values in keyed.items():
             names = [self.functions.name(ancestor) for ancestor in unpack_path(path)] + [self.functions.name(function)]
@@ -384,49 +382,101 @@ class Analysis:
         return innermost_ancestor(self.column("path"))
 
 
-def _dense_codes(keys: np.ndarray, key_limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Renumber int64 keys in [0, key_limit) to 0..n-1 in place (no second 8-byte-per-event array, unlike a
-    second factorize); returns (codes, the original key of each code)."""
-    if key_limit > 1 << 22:
-        codes, uniques = pd.factorize(keys)
-        return codes, np.asarray(uniques)
-    lookup = np.full(key_limit, -1, dtype=np.int64)
-    lookup[keys] = 0
-    present = np.flatnonzero(lookup >= 0)
-    lookup[present] = np.arange(len(present))
-    np.take(lookup, keys, out=keys)
-    return keys, present
+def _chunks(rows: int) -> Iterator[slice]:
+    for start in range(0, rows, CHUNK_ROWS):
+        yield slice(start, min(start + CHUNK_ROWS, rows))
 
 
-def _stats(codes: np.ndarray, groups: int, durations: np.ndarray, self_times: np.ndarray,
-           consume_codes: bool = False) -> dict[int, dict]:
-    """STAT_COLUMNS per group code present (exact: streamed events only). consume_codes lets the percentile
-    sort reuse the codes array in place (the caller must not use it afterwards)."""
-    if len(codes) == 0:
-        return {}
-    codes = np.asarray(codes).astype(np.int64, copy=False)
-    calls = np.bincount(codes, minlength=groups)
-    totals = _group_sum(codes, durations, groups)
-    self_totals = _group_sum(codes, self_times, groups)
-    ordered, starts = grouped_sorted_durations(codes, durations, groups, in_place=consume_codes)
-    quantiles = percentiles_of_sorted(ordered, starts)
-    result = {}
-    for code in np.flatnonzero(calls).tolist():
-        count = int(calls[code])
-        result[code] = {"calls": count, "total_ns": int(totals[code]), "self_ns": int(self_totals[code]),
-                        "mean_ns": int(totals[code]) / count,
-                        **{f"p{quantile:g}_ns": int(quantiles[f"p{quantile:g}"][code]) for quantile in QUANTILES},
-                        "max_ns": int(quantiles["max"][code]), "estimated": False,
-                        "_durations": ordered[starts[code]:starts[code + 1]]}
-    return result
+def _allocator_calls(functions: FunctionTable, function_ids: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Calls that are allocator time when no traced allocator call encloses them: allocator functions except
+    waits on locks that are not arenas, and arena-lock futex waits (see the module docstring)."""
+    # The rule depends only on (function id, arena-lock flag): evaluate it for all 512 combinations and look
+    # each event up once, which is several times faster than the same rule over per-event boolean arrays.
+    arena_lock = np.array([[False], [True]])
+    lock_wait = functions.role_codes == ROLE_CODE["lock-wait"]
+    is_syscall = functions.is_syscall
+    table = (~is_syscall & ~(lock_wait & ~arena_lock & ~functions.is_native)) | (is_syscall & arena_lock)
+    index = function_ids.astype(np.uint16)
+    index += ((flags & EVENT_FLAG_ARENA_LOCK) != 0) * np.uint16(256)
+    return np.take(table.ravel(), index)
 
 
-def _group_sum(codes: np.ndarray, values: np.ndarray, groups: int) -> np.ndarray:
-    # bincount sums in float64, exact while every sum stays below 2^53 ns (104 days); else exact int sums.
-    sums = np.bincount(codes, weights=values, minlength=groups)
-    if sums.max(initial=0) < 2**53:
-        return sums.astype(np.int64)
-    return pd.Series(values).groupby(codes).sum().reindex(range(groups), fill_value=0).to_numpy()
+def _path_keys(paths: np.ndarray, function_ids: np.ndarray, truncated: np.ndarray, hidden: np.ndarray
+               ) -> tuple[np.ndarray, list[Hashable]]:
+    """Local codes of one chunk and the (path, function, truncated) key of each code; hidden rows get None.
+
+    A packed path uses up to 64 bits, so path, function and flag do not fit one integer: the paths are
+    numbered first, then (path number, function, truncated) is numbered again as one int64.
+    """
+    codes, unique_paths = pd.factorize(paths)
+    codes <<= 9
+    codes |= function_ids.astype(np.int64) << 1
+    codes |= truncated
+    codes[hidden] = -1
+    codes, combined = pd.factorize(codes)
+    keys: list[Hashable] = [None if key < 0 else (int(unique_paths[key >> 9]), (key >> 1) & 0xFF, bool(key & 1))
+                            for key in combined.tolist()]
+    return codes, keys
+
+
+class _GroupedDurations:
+    """Exact STAT_COLUMNS per group, accumulated chunk by chunk in the durations' stored (narrow) dtype.
+
+    Each chunk is sorted by group (a radix argsort of its small local codes) into ``grouped``, one slot per
+    event, and each group remembers its segments; ``finish`` sorts each group's values once for the nearest-rank
+    percentiles. This needs two durations per event (``grouped`` and the per-group sorted values, 8 bytes for
+    uint32 durations) and no full-length int64 array, unlike sorting one (group << 40 | duration) key.
+    """
+
+    def __init__(self, rows: int, dtype: np.dtype) -> None:
+        self.grouped = np.empty(rows, dtype=dtype)
+        self.filled = 0
+        # key -> [calls, total_ns, self_ns, [(start, stop) in grouped, ...]]
+        self.groups: dict[Hashable, list] = {}
+
+    def add(self, codes: np.ndarray, keys: list[Hashable], durations: np.ndarray, self_times: np.ndarray) -> None:
+        """One chunk: ``codes`` index ``keys``; rows whose key is None are left out."""
+        if len(codes) == 0:
+            return
+        counts = np.bincount(codes, minlength=len(keys))
+        # numpy sorts integers of at most 16 bits with a stable radix sort: O(n), unlike int64 codes.
+        sortable = codes if codes.dtype.itemsize <= 2 else codes.astype(np.uint16) if len(keys) <= 1 << 16 else codes
+        order = np.argsort(sortable, kind="stable")
+        start = self.filled
+        self.grouped[start:start + len(order)] = durations[order]
+        self.filled += len(order)
+        present = np.flatnonzero(counts)
+        ends = np.cumsum(counts)[present]
+        begins = ends - counts[present]
+        # Exact integer sums over each group's run (float bincount weights lose precision above 2^53).
+        totals = np.add.reduceat(self.grouped[start:self.filled], begins, dtype=np.int64)
+        self_totals = np.add.reduceat(self_times[order], begins, dtype=np.int64)
+        for index, code in enumerate(present.tolist()):
+            key = keys[code]
+            if key is None:
+                continue
+            entry = self.groups.setdefault(key, [0, 0, 0, []])
+            entry[0] += int(counts[code])
+            entry[1] += int(totals[index])
+            entry[2] += int(self_totals[index])
+            entry[3].append((start + int(begins[index]), start + int(ends[index])))
+
+    def finish(self) -> dict[Hashable, dict]:
+        """STAT_COLUMNS per key, plus ``_durations`` (the group's sorted values) for _merge_aggregates."""
+        result = {}
+        for key, (calls, total, self_total, segments) in self.groups.items():
+            if len(segments) == 1:
+                values = self.grouped[segments[0][0]:segments[0][1]]  # sorted in place: no other group uses it
+            else:
+                values = np.concatenate([self.grouped[begin:end] for begin, end in segments])
+            values.sort()
+            result[key] = {"calls": calls, "total_ns": total, "self_ns": self_total, "mean_ns": total / calls,
+                           **{f"p{quantile:g}_ns": int(values[nearest_rank_index(calls, quantile)])
+                              for quantile in QUANTILES},
+                           "max_ns": int(values[-1]), "estimated": False, "_durations": values}
+        self.groups = {}
+        del self.grouped  # the sorted values keep what they need
+        return result
 
 
 def _merge_aggregates(streamed: dict, aggregated: dict) -> dict:

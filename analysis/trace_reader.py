@@ -11,10 +11,12 @@ Robustness rules (the file may come from a recorder that was SIGKILLed, a full d
 * Damage after usable data stops the reading there: the sections before it are returned and
   ``trace.damage`` says what was lost (and "no footer" when the recording did not finish).
 
-Memory: events are read in two passes. The first validates every section and records, per column, the
-largest value; the second fills preallocated columns of the narrowest unsigned type that holds every
-value (e.g. durations below 4.29 s become uint32), so loading costs about one row's width per event and
-never a second full copy. Analysis code must therefore not assume the uint64 dtypes of the file schema.
+Memory and time: the file is read once. Each EVENTS section is validated as a whole, then its columns are
+appended to arrays preallocated from the section lengths, of the narrowest unsigned type that holds every
+value seen so far (e.g. durations below 4.29 s become uint32); a column is copied to a wider type when a
+later value needs it. Unused capacity is never touched and is trimmed in place at the end, so loading
+costs about one narrowed row's width per event and no second full copy. Analysis code must therefore not
+assume the uint64 dtypes of the file schema.
 """
 
 from __future__ import annotations
@@ -78,6 +80,73 @@ class _EventSection:
     rows: int
 
 
+class _EventColumns:
+    """The events read so far, one narrowed numpy array per column, preallocated for ``capacity`` rows.
+
+    np.empty leaves the pages of unused capacity untouched (not resident); frame() trims them with an
+    in-place ``resize`` (realloc). Growing uses new arrays and a copy, because ``resize`` zero-fills (touches)
+    the added capacity; with the capacity from _event_rows_bound it happens only for compressed Arrow bodies
+    or a file that grew after it was opened.
+    """
+
+    def __init__(self, schema: pa.Schema, capacity: int) -> None:
+        self.declared = {item.name: np.dtype(item.type.to_pandas_dtype()) for item in schema}
+        self.arrays = {name: np.empty(capacity, dtype=narrowest_unsigned(0, declared) if declared.kind == "u"
+                                      else declared) for name, declared in self.declared.items()}
+        self.rows = 0
+        self.capacity = capacity
+
+    def append(self, batch: pa.RecordBatch) -> None:
+        rows = batch.num_rows
+        if self.rows + rows > self.capacity:
+            self.capacity = max(2 * self.capacity, self.rows + rows)
+            for name, array in self.arrays.items():
+                self._copy(name, array.dtype)
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            values = column.to_numpy(zero_copy_only=False)  # a view of the payload: no nulls (checked)
+            array = self.arrays[name]
+            if values.dtype.kind == "u" and rows:
+                largest = int(values.max())
+                if largest > np.iinfo(array.dtype).max:  # widened once per type step, not per batch
+                    array = self._copy(name, narrowest_unsigned(largest, self.declared[name]))
+            array[self.rows:self.rows + rows] = values  # lossless: the array's type holds ``largest``
+        self.rows += rows
+
+    def _copy(self, name: str, dtype: np.dtype) -> np.ndarray:
+        """Replace a column by a new one of self.capacity rows and ``dtype``, holding the rows so far."""
+        replacement = np.empty(self.capacity, dtype=dtype)
+        replacement[:self.rows] = self.arrays[name][:self.rows]
+        self.arrays[name] = replacement
+        return replacement
+
+    def frame(self) -> pd.DataFrame:
+        for array in self.arrays.values():
+            # In place (refcheck=False is safe: nothing else refers to these arrays yet). Shrinking a
+            # large array gives the unused tail back without copying or touching it.
+            array.resize(self.rows, refcheck=False)
+        return pd.DataFrame(self.arrays, copy=False)
+
+
+def _event_rows_bound(stream: BinaryIO, file_size: int, schema: pa.Schema) -> int:
+    """At most how many event rows the file holds, from the EVENTS section headers alone: an uncompressed
+    Arrow row takes at least the sum of the column widths. Damage is left to the scan; this only sizes."""
+    row_bytes = sum(np.dtype(item.type.to_pandas_dtype()).itemsize for item in schema)
+    total = 0
+    position = HEADER.size
+    while position + SECTION_HEADER.size <= file_size:
+        stream.seek(position)
+        header = stream.read(SECTION_HEADER.size)
+        if len(header) < SECTION_HEADER.size:
+            break
+        magic, kind, _encoding, _reserved, length, _checksum = SECTION_HEADER.unpack(header)
+        if magic != SECTION_MAGIC or length > MAX_SECTION_BYTES:
+            break
+        if kind == SectionKind.EVENTS:
+            total += min(length, file_size - position)
+        position += SECTION_HEADER.size + length
+    return total // row_bytes
+
+
 class _ReadBuffer:
     """One reusable buffer for EVENTS payloads. Reading each payload into a fresh ``bytes`` makes malloc map
     and unmap megabytes per section, twice per file: page faults cost time, and glibc kept some of the
@@ -101,7 +170,7 @@ class _Scan:
     metadata: dict[str, Any] | None = None
     footer: dict[str, Any] = field(default_factory=dict)
     event_sections: list[_EventSection] = field(default_factory=list)
-    column_maxima: dict[str, int] = field(default_factory=dict)
+    events: _EventColumns = field(default_factory=lambda: _EventColumns(event_schema(), 0))
     aggregates: pa.Table | None = None
     frames: list[dict[str, Any]] = field(default_factory=list)
     stacks: list[dict[str, Any]] = field(default_factory=list)
@@ -161,14 +230,14 @@ def _cut_message(scan: _Scan, file_size: int, kind: str, start: int) -> str:
 
 
 class _Scanner:
-    """Pass 1: walk and validate every section; remember where the event batches are."""
+    """Walk and validate every section, keeping the events of each valid EVENTS section."""
 
     def __init__(self, stream: BinaryIO, file_size: int, name: str) -> None:
         self.stream = stream
         self.file_size = file_size
         self.name = name
         self.schema = event_schema()
-        self.scan = _Scan()
+        self.scan = _Scan(events=_EventColumns(self.schema, _event_rows_bound(stream, file_size, self.schema)))
         self.buffer = _ReadBuffer()
 
     def run(self) -> _Scan:
@@ -226,17 +295,16 @@ class _Scanner:
                 raise _PayloadError("a second METADATA section")
             scan.metadata = _json_document(payload, "METADATA")
         elif kind == SectionKind.EVENTS:
+            # The whole section is validated before any of it is kept: damage drops whole sections.
             batches = _arrow_batches(payload, self.schema, "EVENTS section")
             rows = sum(batch.num_rows for batch in batches)
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
-                    if pa.types.is_unsigned_integer(column.type):
-                        largest = pc.max(column).as_py()
-                        scan.column_maxima[column_name] = max(scan.column_maxima.get(column_name, 0), largest)
                 last = pc.max(batch.column("timestamp_ns")).as_py()
                 scan.last_event_ns = max(scan.last_event_ns or 0, last)
+                scan.events.append(batch)
+            del batches  # the payload buffer is reused for the next section
             scan.event_sections.append(_EventSection(payload_start, len(payload), rows))
         elif kind == SectionKind.AGGREGATES:
             batches = _arrow_batches(payload, aggregate_schema(), "AGGREGATES section")
@@ -267,30 +335,6 @@ def _read_header(stream: BinaryIO, file_size: int, name: str) -> None:
     if version != FORMAT_VERSION:
         raise BadTraceError(f"{name}: unsupported trace format version {version} "
                             f"(this arena-trace reads version {FORMAT_VERSION})")
-
-
-def _load_events(stream: BinaryIO, scan: _Scan) -> pd.DataFrame:
-    """Pass 2: fill narrowed, preallocated columns batch by batch (one payload in memory at a time)."""
-    schema = event_schema()
-    total = sum(section.rows for section in scan.event_sections)
-    columns: dict[str, np.ndarray] = {}
-    for item in schema:
-        declared = np.dtype(item.type.to_pandas_dtype())
-        dtype = narrowest_unsigned(scan.column_maxima.get(item.name, 0), declared) if declared.kind == "u" \
-            else declared
-        columns[item.name] = np.empty(total, dtype=dtype)
-    offset = 0
-    buffer = _ReadBuffer()
-    for section in scan.event_sections:
-        stream.seek(section.offset)
-        for batch in pa.ipc.open_stream(pa.py_buffer(buffer.read(stream, section.length))):
-            rows = batch.num_rows
-            for name, column in zip(batch.schema.names, batch.columns, strict=True):
-                # Values were checked against the column maxima in pass 1, so narrowing is lossless.
-                columns[name][offset:offset + rows] = column.to_numpy(zero_copy_only=False)
-            offset += rows
-            del batch  # nothing may refer to the buffer when the next section overwrites it
-    return pd.DataFrame(columns, copy=False)
 
 
 def _optional_int(value: Any) -> int | None:
@@ -347,7 +391,7 @@ def read_trace(path: str | os.PathLike[str], debug_dirs: tuple[str, ...] | list[
             raise BadTraceError(f"{name}: {scan.damage[-1]}")
         if not scan.footer:
             scan.damage.append("no footer: the recording did not finish (recorder killed or disk full?)")
-        events = _load_events(stream, scan)
+        events = scan.events.frame()
     finally:
         stream.close()
     aggregates = scan.aggregates.to_pandas() if scan.aggregates is not None else empty_aggregates()

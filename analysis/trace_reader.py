@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import stat
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -438,11 +439,18 @@ def read_trace(path: str | os.PathLike[str], debug_dirs: tuple[str, ...] | list[
     """Read a trace file; raise BadTraceError when unusable, else return it with ``damage`` filled in."""
     name = os.fspath(path)
     try:
-        stream = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+        # O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except IsADirectoryError:
         raise BadTraceError(f"{name}: is a directory, not a trace file") from None
     except OSError as error:
         raise BadTraceError(f"cannot open {name}: {error.strerror or error}") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        what = "is a directory" if stat.S_ISDIR(mode) else "is not a regular file (a pipe or device)"
+        raise BadTraceError(f"{name}: {what}, not a trace file: reading one needs a file it can seek in")
+    stream = os.fdopen(descriptor, "rb")
     try:
         file_size = os.fstat(stream.fileno()).st_size
         _read_header(stream, file_size, name)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from arena_trace.tracer.elf_file import ElfError, open_elf
 
-from arena_trace.errors import TargetError
+from arena_trace.errors import TargetError, UsageError
 
 NOT_RELEASED_EXIT = 125
 _LIST_LINE = re.compile(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)\s*$")
@@ -118,7 +118,8 @@ class PausedCommand:
 
 def find_executable(command: list[str]) -> str:
     if not command:
-        raise TargetError("no command given: use arena-trace run [options] -- COMMAND [ARGS...]")
+        # A command line problem (exit 2), not a target that cannot be traced (exit 5).
+        raise UsageError("no command given: use arena-trace run [options] -- COMMAND [ARGS...]")
     found = shutil.which(command[0])
     if found is None:
         raise TargetError(f"command not found: {command[0]}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from arena_trace.commands.recording import add_recording_arguments, finish, progress_printer, recording_options
-from arena_trace.errors import ExitCode, TargetError
+from arena_trace.errors import ExitCode, TargetError, UsageError
 
 
 def _pid(text: str) -> int:
@@ -23,13 +23,17 @@ class RecordCommand:
     help = "trace a running process (same as `arena-trace -p PID`)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("-p", "--pid", type=_pid, required=True, help="process to trace (all its threads)")
+        # Not required=True: argparse would then answer `arena-trace --bogus` with "-p is required" instead
+        # of naming the unknown option; run() checks it after the unknown options were reported.
+        parser.add_argument("-p", "--pid", type=_pid, help="process to trace (all its threads; required)")
         add_recording_arguments(parser)
 
     def run(self, arguments: argparse.Namespace) -> int:
         from arena_trace.tracer.probe_plan import detect_allocators, plan_probes
         from arena_trace.tracer.session import Recording, Target, check_target
 
+        if arguments.pid is None:
+            raise UsageError("the following arguments are required: -p/--pid")
         options = recording_options(arguments)
         check_target(arguments.pid)
         progress = progress_printer(arguments)

@@ -123,8 +123,11 @@ def completeness_line(analysis: Analysis) -> Text:
     if facts["failed_probes"]:
         parts[-1] += " (" + ", ".join(facts["failed_probes"][:5]) + ")"
     parts.append(f"events {facts['events_read']:,} read, {facts['events_lost']:,} lost")
-    parts.append(f"stacks {facts['stacks_complete']:,} complete, {facts['stacks_truncated']:,} truncated, "
-                 f"{facts['stacks_lost']:,} lost")
+    stacks = (f"stacks {facts['stacks_complete']:,} complete, {facts['stacks_truncated']:,} truncated, "
+              f"{facts['stacks_lost']:,} lost")
+    if facts["stacks_skipped"]:
+        stacks += f", {facts['stacks_skipped']:,} skipped by the rate limit"
+    parts.append(stacks)
     parts.append(f"unresolved frames {facts['unresolved_frames']:,}")
     parts.append("damage: " + "; ".join(facts["damage"]) if facts["damage"] else "file intact")
     if facts["aggregates_excluded"]:

@@ -21,7 +21,11 @@ def completeness(analysis: Analysis) -> dict[str, Any]:
     probes = trace.metadata.get("probes", [])
     footer = trace.footer
     statuses = trace.stacks["status"].astype(str) if len(trace.stacks) else None
-    complete = int((statuses == "complete").sum()) if statuses is not None else 0
+    distinct_complete = int((statuses == "complete").sum()) if statuses is not None else 0
+    captured = int(footer.get("stacks_captured", len(trace.stacks)))
+    truncated = int(footer.get("stacks_truncated", len(trace.stacks) - distinct_complete))
+    # Counted per captured snapshot (a recording's footer has them); distinct stacks only for old files.
+    complete = captured - truncated if "stacks_captured" in footer else distinct_complete
     return {
         "probes_attached": sum(1 for probe in probes if probe.get("attached")),
         "probes_failed": sum(1 for probe in probes if not probe.get("attached")),
@@ -29,10 +33,11 @@ def completeness(analysis: Analysis) -> dict[str, Any]:
         "events_recorded": int(footer.get("events_recorded", len(trace.events))),
         "events_read": len(trace.events),
         "events_lost": int(footer.get("events_lost") or 0),
-        "stacks_captured": int(footer.get("stacks_captured", len(trace.stacks))),
+        "stacks_captured": captured,
         "stacks_complete": complete,
-        "stacks_truncated": int(footer.get("stacks_truncated", len(trace.stacks) - complete)),
+        "stacks_truncated": truncated,
         "stacks_lost": int(footer.get("stacks_lost") or 0),
+        "stacks_skipped": int(footer.get("stacks_skipped") or 0),
         "unresolved_frames": int(footer.get("unresolved_frames") or 0),
         "exit_reason": footer.get("exit_reason"),
         "damage": list(trace.damage),

@@ -27,6 +27,7 @@
 #define FLAG_PATH_TRUNCATED @FLAG_PATH_TRUNCATED@
 #define FLAG_HAS_STACK @FLAG_HAS_STACK@
 #define FLAG_UNMATCHED @FLAG_UNMATCHED@
+#define FLAG_STACK_SKIPPED @FLAG_STACK_SKIPPED@
 
 /* stream modes */
 #define STREAM_NEVER 0 /* aggregate in the kernel */
@@ -35,9 +36,16 @@
 #define STREAM_BATCHED 3 /* every call, EVENT_BATCH events per ring-buffer record (--full-events) */
 /* what a frame does at return */
 #define EMIT_AGGREGATE 0
-#define EMIT_RECORD 1
-#define EMIT_BATCHED 2
+#define EMIT_STREAM 1
 #define EVENT_BATCH @EVENT_BATCH@
+#define BATCH_MAX_AGE_NS 200000000ULL /* a partly filled batch goes out with the next event after this */
+/* Stack snapshots are rate-limited per function and CPU (a token bucket): a consolidation storm calls
+   malloc_consolidate ~200k times a second, and unwinding every one would swamp the consumer. Every call
+   is still counted and timed; only its stack is skipped (EVENT_FLAG_STACK_SKIPPED). */
+#define STACKS_PER_SECOND @STACKS_PER_SECOND@
+#define STACK_BURST @STACK_BURST@
+#define STACK_COST_NS (1000000000ULL / STACKS_PER_SECOND)
+#define MAX_FUNCTIONS 256
 
 /* classify modes */
 #define CLASSIFY_NONE 0
@@ -51,6 +59,8 @@
 #define COUNTER_STATE_FULL 3
 #define COUNTER_UNMATCHED 4
 #define COUNTER_STACKS_PARTIAL 5
+#define COUNTER_STACKS_SKIPPED 6
+#define COUNTER_BATCH_BUSY 7
 #define COUNTERS 8
 
 @EVENT_STRUCT@
@@ -72,8 +82,14 @@ struct frame {
 
 struct event_batch {
     u32 count;
-    u32 unused;
+    u32 busy; /* set while a program appends: a preempted writer must not be interleaved with */
+    u64 first_ns;
     struct call_event events[EVENT_BATCH];
+};
+
+struct stack_budget {
+    u64 last_ns;
+    u64 credit_ns;
 };
 
 struct thread_state {
@@ -116,6 +132,7 @@ BPF_RINGBUF_OUTPUT(call_events, @EVENT_RING_PAGES@);
 BPF_RINGBUF_OUTPUT(stack_snapshots, @STACK_RING_PAGES@);
 /* Per-CPU batch being filled; user space reads the partial ones from this map after detaching. */
 BPF_PERCPU_ARRAY(pending_batch, struct event_batch, 1);
+BPF_PERCPU_ARRAY(stack_budgets, struct stack_budget, MAX_FUNCTIONS);
 BPF_RINGBUF_OUTPUT(event_batches, @BATCH_RING_PAGES@);
 
 static __always_inline void count(int index) {
@@ -169,6 +186,23 @@ static __always_inline struct thread_state *thread_state(u32 tid) {
         return 0;
     }
     return threads.lookup(&tid);
+}
+
+static __always_inline int stack_allowed(u16 function, u64 now) {
+    u32 index = function;
+    struct stack_budget *budget = stack_budgets.lookup(&index);
+    if (!budget)
+        return 0;
+    u64 credit = budget->credit_ns + (budget->last_ns ? now - budget->last_ns : STACK_BURST * STACK_COST_NS);
+    if (credit > STACK_BURST * STACK_COST_NS)
+        credit = STACK_BURST * STACK_COST_NS;
+    budget->last_ns = now;
+    if (credit < STACK_COST_NS) {
+        budget->credit_ns = credit;
+        return 0;
+    }
+    budget->credit_ns = credit - STACK_COST_NS;
+    return 1;
 }
 
 static __always_inline u64 next_call_id(void) {
@@ -268,10 +302,9 @@ static __always_inline int on_entry(struct pt_regs *ctx, u16 function, u64 argum
     frame->argument0 = argument0;
     frame->argument1 = argument1;
     frame->flags = classify_lock(argument0, classify);
-    if (stream == STREAM_ALWAYS || (stream == STREAM_NESTED && depth > 0) || (frame->flags & FLAG_ARENA_LOCK))
-        frame->stream = EMIT_RECORD;
-    else if (stream == STREAM_BATCHED)
-        frame->stream = EMIT_BATCHED;
+    if (stream == STREAM_ALWAYS || stream == STREAM_BATCHED || (stream == STREAM_NESTED && depth > 0) ||
+        (frame->flags & FLAG_ARENA_LOCK))
+        frame->stream = EMIT_STREAM;
     else
         frame->stream = EMIT_AGGREGATE;
     frame->child_ns = 0;
@@ -287,8 +320,13 @@ static __always_inline int on_entry(struct pt_regs *ctx, u16 function, u64 argum
     }
     state->depth = depth + 1;
     if (want_stack > 0) {
-        frame->flags |= FLAG_HAS_STACK;
-        snapshot_stack(ctx, state, depth, frame->call_id, tid);
+        if (stack_allowed(function, bpf_ktime_get_ns())) {
+            frame->flags |= FLAG_HAS_STACK;
+            snapshot_stack(ctx, state, depth, frame->call_id, tid);
+        } else {
+            frame->flags |= FLAG_STACK_SKIPPED;
+            count(COUNTER_STACKS_SKIPPED);
+        }
     }
     frame->start = bpf_ktime_get_ns();
     return 0;
@@ -344,15 +382,22 @@ static __always_inline int on_return(u16 function, u64 return_value) {
     }
     state->depth = index;
     u8 flags = frame->flags | unmatched;
-    if (frame->stream == EMIT_BATCHED) {
+    if (frame->stream == EMIT_STREAM) {
         int zero = 0;
         struct event_batch *batch = pending_batch.lookup(&zero);
         if (!batch)
             return 0;
-        u32 slot = batch->count;
-        if (slot >= EVENT_BATCH)
-            slot = 0; /* only if a preempted program on this CPU interleaved with us */
-        struct call_event *event = &batch->events[slot & (EVENT_BATCH - 1)];
+        struct call_event single = {};
+        struct call_event *event = &single;
+        u32 slot = 0;
+        int batched = !batch->busy && batch->count < EVENT_BATCH;
+        if (batched) {
+            batch->busy = 1;
+            slot = batch->count;
+            if (slot == 0)
+                batch->first_ns = now;
+            event = &batch->events[slot & (EVENT_BATCH - 1)];
+        }
         event->timestamp_ns = frame->start;
         event->duration_ns = duration;
         event->self_ns = self;
@@ -366,37 +411,24 @@ static __always_inline int on_return(u16 function, u64 return_value) {
         event->function = function;
         event->depth = index;
         event->flags = flags;
-        if (slot + 1 < EVENT_BATCH) {
-            batch->count = slot + 1;
+        if (!batched) {
+            /* another program on this CPU was preempted mid-append: send this one on its own */
+            count(COUNTER_BATCH_BUSY);
+            if (call_events.ringbuf_output(&single, sizeof(single), BPF_RB_NO_WAKEUP) != 0)
+                count(COUNTER_EVENTS_LOST);
             return 0;
         }
-        batch->count = EVENT_BATCH;
-        if (event_batches.ringbuf_output(batch, sizeof(*batch), BPF_RB_NO_WAKEUP) != 0) {
-            int lost = COUNTER_EVENTS_LOST;
-            u64 *value = counters.lookup(&lost);
-            if (value)
-                *value += EVENT_BATCH;
+        batch->count = slot + 1;
+        if (slot + 1 >= EVENT_BATCH || now - batch->first_ns > BATCH_MAX_AGE_NS) {
+            if (event_batches.ringbuf_output(batch, sizeof(*batch), BPF_RB_NO_WAKEUP) != 0) {
+                int lost = COUNTER_EVENTS_LOST;
+                u64 *value = counters.lookup(&lost);
+                if (value)
+                    *value += slot + 1;
+            }
+            batch->count = 0;
         }
-        batch->count = 0;
-        return 0;
-    }
-    if (frame->stream == EMIT_RECORD) {
-        struct call_event event = {};
-        event.timestamp_ns = frame->start;
-        event.duration_ns = duration;
-        event.self_ns = self;
-        event.call_id = frame->call_id;
-        event.parent_call_id = parent_call_id;
-        event.path = path;
-        event.argument0 = frame->argument0;
-        event.argument1 = frame->argument1;
-        event.return_value = return_value;
-        event.tid = tid;
-        event.function = function;
-        event.depth = index;
-        event.flags = flags;
-        if (call_events.ringbuf_output(&event, sizeof(event), BPF_RB_NO_WAKEUP) != 0)
-            count(COUNTER_EVENTS_LOST);
+        batch->busy = 0;
         return 0;
     }
     struct aggregate_key key = {};

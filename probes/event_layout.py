@@ -56,6 +56,7 @@ EVENT_FLAG_MAIN_ARENA = 2  # ... and that arena is glibc's main_arena
 EVENT_FLAG_PATH_TRUNCATED = 4  # more than PATH_DEPTH enclosing calls; outermost ones dropped
 EVENT_FLAG_HAS_STACK = 8  # a stack snapshot was emitted for this call
 EVENT_FLAG_UNMATCHED = 16  # the return did not match the innermost open call (longjmp, attach mid-call)
+EVENT_FLAG_STACK_SKIPPED = 32  # a stack was wanted but the per-function snapshot rate limit skipped it
 
 PATH_DEPTH = 8
 EVENT_BATCH = 64  # events per ring-buffer record in batched streaming: one record costs what one event did
@@ -98,7 +99,7 @@ def event_dtype() -> np.dtype:
 
 def batch_dtype() -> np.dtype:
     """A batched record: ``count`` valid events out of EVENT_BATCH (``struct event_batch`` in the BPF C)."""
-    return np.dtype([("count", "<u4"), ("unused", "<u4"), ("events", event_dtype(), (EVENT_BATCH,))])
+    return np.dtype([("count", "<u4"), ("busy", "<u4"), ("first_ns", "<u8"), ("events", event_dtype(), (EVENT_BATCH,))])
 
 
 def stack_header_dtype() -> np.dtype:

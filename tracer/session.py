@@ -197,6 +197,7 @@ class Recording:
                 "stacks_captured": resolver.stacks_captured,
                 "stacks_truncated": resolver.stacks_truncated,
                 "stacks_lost": counters["stacks_lost"],
+                "stacks_skipped": counters["stacks_skipped"],
                 "unresolved_frames": resolver.unresolved_frames,
                 "counters": counters,
                 "exit_reason": exit_reason,

@@ -13,6 +13,7 @@
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
 
+
 #define MAX_DEPTH 8
 #define DEPTH_MASK (MAX_DEPTH - 1)
 #define HISTOGRAM_BUCKETS @HISTOGRAM_BUCKETS@
@@ -279,14 +280,33 @@ static __always_inline void learn_main_arena(struct pt_regs *ctx, u64 probe_addr
         *main_arena = ctx->ip - probe_address + main_arena_address;
 }
 
-static __always_inline int on_entry(struct pt_regs *ctx, u16 function, u64 argument0, u64 argument1,
-                                    int classify, int stream, int want_stack, int record_return,
-                                    u64 probe_address, u64 main_arena_address) {
+/* What one probe passes to on_entry. (It stays inlined into each handler: bcc 0.26 compiles every function
+   into its own section and does not link BPF-to-BPF calls, so shared subprograms would not load.) */
+struct entry_request {
+    u64 argument0;
+    u64 argument1;
+    u64 probe_address;
+    u64 main_arena_address;
+    u16 function;
+    u8 classify;
+    u8 stream;
+    u8 want_stack;
+    u8 record_return;
+};
+
+static __always_inline int on_entry(struct pt_regs *ctx, struct entry_request *request) {
+    u16 function = request->function;
+    u64 argument0 = request->argument0;
+    u64 argument1 = request->argument1;
+    int classify = request->classify;
+    int stream = request->stream;
+    int want_stack = request->want_stack;
+    int record_return = request->record_return;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     if ((pid_tgid >> 32) != TARGET_TGID)
         return 0;
-    if (main_arena_address)
-        learn_main_arena(ctx, probe_address, main_arena_address);
+    if (request->main_arena_address)
+        learn_main_arena(ctx, request->probe_address, request->main_arena_address);
     u32 tid = (u32)pid_tgid;
     struct thread_state *state = thread_state(tid);
     if (!state)
@@ -332,7 +352,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, u16 function, u64 argum
     return 0;
 }
 
-static __always_inline int on_return(u16 function, u64 return_value) {
+static __always_inline int on_return(u32 function, u64 return_value) {
     u64 now = bpf_ktime_get_ns();
     u64 pid_tgid = bpf_get_current_pid_tgid();
     if ((pid_tgid >> 32) != TARGET_TGID)

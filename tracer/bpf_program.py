@@ -75,9 +75,11 @@ class UprobeHandler:
         arguments += ["0"] * (2 - len(arguments))
         return (
             f"int {self.entry_name}(struct pt_regs *ctx) {{\n"
-            f"    return on_entry(ctx, {self.function_id}, {arguments[0]}, {arguments[1]}, {int(self.classify)}, "
-            f"{int(self.stream)}, {int(self.want_stack)}, 1, {self.probe_address:#x}ULL, "
-            f"{self.main_arena_address:#x}ULL);\n}}\n"
+            f"    struct entry_request request = {{.function = {self.function_id}, .argument0 = {arguments[0]}, "
+            f".argument1 = {arguments[1]}, .classify = {int(self.classify)}, .stream = {int(self.stream)}, "
+            f".want_stack = {int(self.want_stack)}, .record_return = 1, .probe_address = {self.probe_address:#x}ULL, "
+            f".main_arena_address = {self.main_arena_address:#x}ULL}};\n"
+            f"    return on_entry(ctx, &request);\n}}\n"
             f"int {self.return_name}(struct pt_regs *ctx) {{\n"
             f"    return on_return({self.function_id}, PT_REGS_RC(ctx));\n}}\n"
         )
@@ -93,8 +95,9 @@ class SyscallHandler:
         argument0, argument1, classify = SYSCALL_ARGUMENTS[self.syscall]
         return (
             f"TRACEPOINT_PROBE(syscalls, sys_enter_{self.syscall}) {{\n"
-            f"    return on_entry((struct pt_regs *)0, {self.function_id}, {argument0}, {argument1}, {classify}, "
-            f"{int(self.stream)}, 0, 0, 0, 0);\n}}\n"
+            f"    struct entry_request request = {{.function = {self.function_id}, .argument0 = {argument0}, "
+            f".argument1 = {argument1}, .classify = {classify}, .stream = {int(self.stream)}}};\n"
+            f"    return on_entry((struct pt_regs *)0, &request);\n}}\n"
             f"TRACEPOINT_PROBE(syscalls, sys_exit_{self.syscall}) {{\n"
             f"    return on_return({self.function_id}, (u64)args->ret);\n}}\n"
         )

@@ -95,8 +95,9 @@ def _first_error_line(text: str) -> str | None:
 
 @dataclass
 class AttachResult:
-    attached: int
+    attached: int  # allocator functions probed (entry and return)
     failed: int
+    syscalls: int  # syscalls traced (enter and exit tracepoints)
     seconds: float
 
 
@@ -162,10 +163,10 @@ class Attachment:
                     failed += 1
         if not os.path.exists(f"/proc/{self.plan.pid}/maps"):
             raise TargetError(f"process {self.plan.pid} exited while arena-trace was attaching")
-        syscall_probes = 2 * len(self.plan.syscalls)  # tracepoints were attached when the program loaded
         if attached == 0 and not self.plan.syscalls:
             raise AttachError("no probe could be attached")
-        return AttachResult(attached + syscall_probes, failed, time.monotonic() - started)
+        # The syscall tracepoints were attached when the program loaded.
+        return AttachResult(attached, failed, len(self.plan.syscalls), time.monotonic() - started)
 
     def _attach_probe(self, probe: PlannedProbe) -> bool:
         library = probe.allocator.host_path

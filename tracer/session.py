@@ -143,9 +143,9 @@ class Recording:
             self.attachment.set_main_arena(self.plan.main_arena)
         self.attach_seconds = time.monotonic() - started
         failed = f", {result.failed} failed" if result.failed else ""
-        self.progress(f"attached {result.attached} probes to PID {self.plan.pid} "
-                      f"({', '.join(a.catalog.name for a in self.plan.allocators)}{failed}) "
-                      f"in {self.attach_seconds:.2f} s")
+        allocators = ", ".join(allocator.catalog.name for allocator in self.plan.allocators)
+        self.progress(f"attached probes to {result.attached} {allocators} functions{failed} and "
+                      f"{result.syscalls} syscalls of PID {self.plan.pid} in {self.attach_seconds:.2f} s")
         for warning in self.plan.warnings:
             self.progress(f"warning: {warning}")
         for probe in self.plan.probes:

@@ -312,7 +312,7 @@ def arena_trace_tracer(trace_path: Path, full: bool = False, extra: Sequence[str
     if full:
         command.append("--full")
     return Tracer(name="arena-trace" + (" --full" if full else ""), command=[*command, *extra],
-                  ready_pattern=r"^arena-trace: attached \d+ probes", stops_by_itself=True)
+                  ready_pattern=r"^arena-trace: attached probes", stops_by_itself=True)
 
 
 def read_footer(trace_path: Path) -> dict[str, Any]:

@@ -9,15 +9,21 @@ from pathlib import Path
 from arena_trace.errors import OutputError
 
 
-def check_writable(path: Path, force: bool) -> None:
-    """Fail early (before any work) when the output exists and --force was not given."""
-    if path.exists() and not force:
-        raise OutputError(f"{path} already exists (use --force to overwrite)")
+def check_writable(path: Path, force: bool, what: str = "") -> Path:
+    """Fail early (before any work, before probes are attached) when the output exists and --force was not
+    given, or cannot be written; ``what`` names it in the message ("trace file")."""
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
     if path.exists() and path.is_dir():
-        raise OutputError(f"{path} is a directory")
+        raise OutputError(f"{label} is a directory")
+    if path.exists() and not force:
+        raise OutputError(f"{label} already exists (use --force to overwrite)")
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
-        raise OutputError(f"cannot write {path}: directory {directory} does not exist")
+        raise OutputError(f"cannot write {label}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise OutputError(f"cannot write {label}: directory {directory} is not writable")
+    return path
 
 
 def write_bytes(path: Path, data: bytes, force: bool) -> None:

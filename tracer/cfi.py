@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from arena_trace.tracer.leb128 import Truncated, read_sleb128, read_uleb128
 from elftools.dwarf.callframe import CIE, FDE, CallFrameInfo
 from elftools.dwarf.structs import DWARFStructs
 from elftools.elf.elffile import ELFFile
@@ -196,32 +197,18 @@ class _ByteReader:
         return self.fixed("<B", 1)
 
     def uleb128(self) -> int:
-        result = 0
-        shift = 0
-        while True:
-            if self.position >= len(self.data):
-                raise CfiDecodeError("truncated LEB128")
-            byte = self.data[self.position]
-            self.position += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return result
+        try:
+            value, self.position = read_uleb128(self.data, self.position)
+        except Truncated as error:
+            raise CfiDecodeError(str(error)) from None
+        return value
 
     def sleb128(self) -> int:
-        result = 0
-        shift = 0
-        while True:
-            if self.position >= len(self.data):
-                raise CfiDecodeError("truncated LEB128")
-            byte = self.data[self.position]
-            self.position += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                if byte & 0x40:
-                    result -= 1 << shift
-                return result
+        try:
+            value, self.position = read_sleb128(self.data, self.position)
+        except Truncated as error:
+            raise CfiDecodeError(str(error)) from None
+        return value
 
     def block(self) -> bytes:
         length = self.uleb128()

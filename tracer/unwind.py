@@ -34,6 +34,7 @@ from .cfi import (
     CfiTable,
     get_cfi_table,
 )
+from .leb128 import Truncated, read_sleb128, read_uleb128
 
 ADDRESS_MASK = (1 << 64) - 1
 
@@ -115,33 +116,17 @@ def _signed(value: int) -> int:
 
 
 def _read_uleb(expression: bytes, position: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if position >= len(expression):
-            raise _StopUnwind(STATUS_BAD_CFA)
-        byte = expression[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, position
+    try:
+        return read_uleb128(expression, position)
+    except Truncated:
+        raise _StopUnwind(STATUS_BAD_CFA) from None
 
 
 def _read_sleb(expression: bytes, position: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if position >= len(expression):
-            raise _StopUnwind(STATUS_BAD_CFA)
-        byte = expression[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            if byte & 0x40:
-                result -= 1 << shift
-            return result, position
+    try:
+        return read_sleb128(expression, position)
+    except Truncated:
+        raise _StopUnwind(STATUS_BAD_CFA) from None
 
 
 _CONSTANT_FORMATS = {

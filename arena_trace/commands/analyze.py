@@ -16,11 +16,11 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from rich.console import Console
 
 from arena_trace.analysis.aggregate import BY_CHOICES, Analysis, AnalysisOptions
+from arena_trace.analysis.output_files import check_writable
 from arena_trace.analysis.report import render_report
 from arena_trace.analysis.summary import build_summary
 from arena_trace.analysis.text import visible
@@ -49,17 +49,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _check_output(path: str, force: bool) -> Path:
-    target = Path(path)
-    if target.exists() and not force:
-        raise OutputError(f"{path} already exists (use --force to overwrite)")
-    if not target.parent.exists():
-        raise OutputError(f"cannot write {path}: directory {target.parent} does not exist")
-    return target
-
-
 def _export_events(analysis: Analysis, path: str, kind: str, force: bool) -> None:
-    target = _check_output(path, force)
+    target = check_writable(path, force)
     events = analysis.trace.events if analysis.mask is None else analysis.trace.events[analysis.mask]
     frame = events.copy()
     frame.insert(frame.columns.get_loc("function") + 1, "function_name",
@@ -116,7 +107,7 @@ class AnalyzeCommand:
         else:
             render_report(trace, options, console, analysis)
         if arguments.json and not json_to_stdout:
-            target = _check_output(arguments.json, arguments.force)
+            target = check_writable(arguments.json, arguments.force)
             try:
                 target.write_text(json.dumps(build_summary(trace, options, analysis), indent=2) + "\n")
             except OSError as error:
@@ -143,7 +134,7 @@ class AnalyzeCommand:
             console.print()
             console.print(timeline.timeline_table(frame, interval))
         if arguments.plot:
-            target = _check_output(arguments.plot, arguments.force)
+            target = check_writable(arguments.plot, arguments.force)
             target_info = analysis.trace.metadata.get("target", {})
             # Escape "$": matplotlib would parse a hostile comm as mathtext.
             title = visible(f"arena-trace: pid {target_info.get('pid')} ({target_info.get('comm')})")

@@ -4,10 +4,10 @@ recording (the live report, --json, --speedscope) — through the same analysis 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from arena_trace.analysis.output_files import check_writable
 from arena_trace.errors import EnvironmentProblem, OutputError, UsageError
 from arena_trace.tracer.session import RecordOptions
 from arena_trace.tracer.trace_format import Trace
@@ -45,20 +45,6 @@ def add_recording_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
-def _check_output(path: Path | None, force: bool, what: str) -> None:
-    if path is None or str(path) == "-":
-        return
-    if path.exists() and not force:
-        raise OutputError(f"{what} {path} already exists (use --force to overwrite)")
-    if path.exists() and path.is_dir():
-        raise OutputError(f"{what} {path} is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {what} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {what} {path}: directory {parent} is not writable")
-
-
 def require_privileges() -> None:
     """Refuse before reading the target or compiling anything: without privileges the BPF compile fails
     only after seconds of compiler noise, and /proc of another user's process raises PermissionError."""
@@ -75,7 +61,8 @@ def recording_options(arguments: argparse.Namespace) -> RecordOptions:
     require_privileges()
     for path, what in ((arguments.output, "trace file"), (arguments.json, "JSON file"),
                        (arguments.speedscope, "speedscope file")):
-        _check_output(path, arguments.force, what)
+        if path is not None and str(path) != "-":
+            check_writable(path, arguments.force, what)
     return RecordOptions(duration=arguments.duration, full=arguments.full or arguments.full_events,
                          allocator=arguments.allocator, output=arguments.output, force=arguments.force,
                          debug_directories=tuple(arguments.debug_dir))

@@ -435,22 +435,28 @@ def stacks_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(STACK_COLUMNS))
 
 
-def read_trace(path: str | os.PathLike[str], debug_dirs: tuple[str, ...] | list[str] = ()) -> Trace:
-    """Read a trace file; raise BadTraceError when unusable, else return it with ``damage`` filled in."""
+def open_input_file(path: str | os.PathLike[str], what: str = "trace file") -> BinaryIO:
+    """Open a file given on the command line for reading: a regular file only, never blocking (a FIFO would
+    otherwise wait forever for a writer); anything else is a one-line BadTraceError."""
     name = os.fspath(path)
     try:
-        # O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer.
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except IsADirectoryError:
-        raise BadTraceError(f"{name}: is a directory, not a trace file") from None
+        raise BadTraceError(f"{name}: is a directory, not a {what}") from None
     except OSError as error:
         raise BadTraceError(f"cannot open {name}: {error.strerror or error}") from None
     mode = os.fstat(descriptor).st_mode
     if not stat.S_ISREG(mode):
         os.close(descriptor)
-        what = "is a directory" if stat.S_ISDIR(mode) else "is not a regular file (a pipe or device)"
-        raise BadTraceError(f"{name}: {what}, not a trace file: reading one needs a file it can seek in")
-    stream = os.fdopen(descriptor, "rb")
+        kind = "is a directory" if stat.S_ISDIR(mode) else "is not a regular file (a pipe or device)"
+        raise BadTraceError(f"{name}: {kind}, not a {what}: reading one needs a file it can seek in")
+    return os.fdopen(descriptor, "rb")
+
+
+def read_trace(path: str | os.PathLike[str], debug_dirs: tuple[str, ...] | list[str] = ()) -> Trace:
+    """Read a trace file; raise BadTraceError when unusable, else return it with ``damage`` filled in."""
+    name = os.fspath(path)
+    stream = open_input_file(path)
     try:
         file_size = os.fstat(stream.fileno()).st_size
         _read_header(stream, file_size, name)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,3 +352,18 @@ def test_no_permission(world: dict[str, str], command: str, tmp_path: Path) -> N
                             capture_output=True, text=True, timeout=CLI_TIMEOUT, cwd="/")
     assert_one_line_failure(result, ExitCode.ENVIRONMENT, "rerun with sudo")
     assert not output.exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "fifo", "directory"])
+def test_view_refuses_unreadable_inputs_like_analyze(tmp_path: Path, kind: str) -> None:
+    """`view` and `analyze` share one way to open an input: exit 3, one line, never blocking on a FIFO."""
+    target = tmp_path / "input"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    for command in ("view", "analyze"):
+        result = subprocess.run([sys.executable, "-m", "arena_trace", command, str(target)], capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 3, (command, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

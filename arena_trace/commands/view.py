@@ -121,13 +121,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 def load_profile(path: Path) -> tuple[str, bytes]:
     """(name to serve it under, bytes): trace files are exported to speedscope JSON in memory."""
-    try:
-        with path.open("rb") as stream:
-            head = stream.read(len(TRACE_MAGIC))
-            if head != TRACE_MAGIC:
-                return path.name, head + stream.read()
-    except OSError as error:
-        raise UsageError(f"cannot read {path}: {error.strerror}") from None
+    from arena_trace.analysis.trace_reader import open_input_file
+
+    with open_input_file(path, "trace or profile file") as stream:
+        head = stream.read(len(TRACE_MAGIC))
+        if head != TRACE_MAGIC:
+            return path.name, head + stream.read()
     from arena_trace.analysis.export_speedscope import build_document, to_json
     from arena_trace.analysis.profiles import NothingToExport
     from arena_trace.analysis.trace_reader import read_trace

@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from arena_trace.analysis.output_files import write_bytes
-from arena_trace.analysis.profile_rules import allocator_event_mask
 from arena_trace.analysis.profile_stacks import Frame
 from arena_trace.analysis.profiles import (
     Metric,
@@ -101,7 +102,7 @@ def build_document(trace: Trace, metric: Metric | None = None, name: str | None 
             label = f"{candidate.title}, {_thread_label(tid, names)}, streamed calls"
             output.append(_sampled(profile.for_thread(tid), label, frames))
     if timelines and metric in (None, Metric.ALLOCATOR_TIME):
-        output += _evented_profiles(trace, builder, names, frames)
+        output += _evented_profiles(builder, names, frames)
     target = trace.metadata.get("target", {})
     document = {
         "$schema": SCHEMA_URL,
@@ -115,26 +116,32 @@ def build_document(trace: Trace, metric: Metric | None = None, name: str | None 
     return document
 
 
-def _evented_profiles(trace: Trace, builder: ProfileBuilder, names: dict[int, str],
-                      frames: _FrameTable) -> list[dict[str, Any]]:
-    events = trace.events
+def _evented_profiles(builder: ProfileBuilder, names: dict[int, str], frames: _FrameTable) -> list[dict[str, Any]]:
+    events = builder.events
     if events.empty:
         return []
-    streamed = events.loc[allocator_event_mask(events, builder.roles)]
-    if streamed.empty:
+    selected = builder.allocator_events
+    if not selected.any():
         return []
-    base = int(streamed["timestamp_ns"].min())
+    base = int(events.column("timestamp_ns")[selected].min())
+    groups = builder.event_groups
     output = []
-    for timeline in build_timelines(streamed, builder.stacks, base, MAX_THREAD_PROFILES):
-        if not timeline.events:
+    for timeline in build_timelines(events, selected, builder.stacks, groups.codes, lambda code: groups.key(code)[:3],
+                                    base, MAX_THREAD_PROFILES):
+        if len(timeline.opens) == 0:
             continue
         label = f"timeline, {_thread_label(timeline.tid, names)}"
         if timeline.kept_calls < timeline.total_calls:
             label += f", longest {timeline.kept_calls} of {timeline.total_calls} calls"
-        output.append({
-            "type": "evented", "name": label, "unit": "nanoseconds", "startValue": 0, "endValue": timeline.end,
-            "events": [{"type": kind, "frame": frames(frame), "at": at} for kind, frame, at in timeline.events],
-        })
+        # Frames enter the shared table in the order the records first use them, as one call per record did.
+        used = pd.unique(timeline.frame_ids)
+        table = np.zeros(len(timeline.frames), dtype=np.int64)
+        table[used] = [frames(timeline.frames[frame]) for frame in used.tolist()]
+        records = [{"type": "O" if is_open else "C", "frame": frame, "at": at} for is_open, frame, at
+                   in zip(timeline.opens.tolist(), table[timeline.frame_ids].tolist(), timeline.at.tolist(),
+                          strict=True)]
+        output.append({"type": "evented", "name": label, "unit": "nanoseconds", "startValue": 0,
+                       "endValue": timeline.end, "events": records})
     return output
 
 

@@ -109,6 +109,25 @@ def test_single_metric_speedscope(tmp_path: Path) -> None:
     assert all("timeline" not in profile["name"] for profile in document["profiles"])
 
 
+def test_broken_call_links_still_give_a_valid_timeline() -> None:
+    """Parent links the recorder should never write (a cycle, a call its own parent, a lost parent) must not
+    break the array-based timeline: calls in a cycle are not shown, the others nest or are top-level."""
+    import dataclasses
+
+    trace = make_export_trace()
+    events = trace.events.copy()
+    ids = events["call_id"].to_numpy()
+    parents = events["parent_call_id"].to_numpy().copy()
+    parents[1], parents[2] = ids[2], ids[1]
+    parents[3] = ids[3]
+    parents[4] = 999_999
+    events["parent_call_id"] = parents
+    trace = dataclasses.replace(trace, events=events)
+    document = export_speedscope.build_document(trace)  # validated inside
+    assert sum(document["profiles"][0]["weights"]) == metric_total(trace, Metric.ALLOCATOR_TIME)
+    assert any(profile["type"] == "evented" for profile in document["profiles"])
+
+
 def _valid_document() -> dict:
     return export_speedscope.build_document(make_export_trace())
 

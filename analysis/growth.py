@@ -12,6 +12,7 @@ import pandas as pd
 from arena_trace.analysis.aggregate import Analysis, _int64
 from arena_trace.analysis.function_table import ROLE_CODE, path_contains
 from arena_trace.analysis.percentiles import grouped_percentiles
+from arena_trace.analysis.profile_rules import Roles, Rows, heap_growth_bytes
 from arena_trace.probes.event_layout import PATH_DEPTH
 
 
@@ -84,10 +85,13 @@ def grow_table(analysis: Analysis, top_stacks: int = 3) -> list[dict]:
 
 
 def _grown_bytes(analysis: Analysis, rows: np.ndarray) -> np.ndarray:
-    """Heap growth of each row: the break's increase for brk, the length for mmap, else 0."""
-    names = analysis.functions.names[analysis.function_ids[rows] & 0xFF]
-    changes = analysis.syscall_bytes[rows]
-    return np.where(names == "brk", np.maximum(changes, 0), np.where(names == "mmap", changes, 0))
+    """Heap growth of each selected row, by the one rule the flamegraphs use too (profile_rules): brk's
+    increase of the break, mmap's length (not new_heap's address-space reservation), mprotect's length
+    (how non-main arenas commit memory), all only inside a grow call."""
+    grown = heap_growth_bytes(Rows(analysis.trace.events), Roles(analysis.trace))
+    if analysis.mask is not None:
+        grown = grown[analysis.mask]
+    return grown[rows]
 
 
 def brk_changes(analysis: Analysis) -> pd.DataFrame:

@@ -114,6 +114,13 @@ def test_growth_shows_sysmalloc_with_brk(tmp_path: Path) -> None:
     inside = {syscall["name"]: syscall for syscall in grows["sysmalloc"]["syscalls"]}
     assert inside["brk"]["calls"] > 0 and inside["brk"]["bytes"] > 0
     assert run.summary["syscalls"]["brk"]["in_allocator"] > 0
+    # The report and the heap-growth flamegraph count grown bytes by one rule.
+    from arena_trace.analysis.profiles import Metric, metric_total
+
+    # (no grow call nests another here, so the per-function rows do not overlap)
+    grown = sum(syscall["grown_bytes"] for entry in run.summary["grow"] for syscall in entry["syscalls"])
+    assert grown > 0
+    assert metric_total(read_trace(run.trace_path), Metric.HEAP_GROWTH) == grown
 
 
 def test_mmap_thrash_shows_sysmalloc_mmaps(tmp_path: Path) -> None:

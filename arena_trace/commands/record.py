@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from arena_trace.commands.recording import add_recording_arguments, finish, progress_printer, recording_options
-from arena_trace.errors import ExitCode, TargetError, UsageError
+from arena_trace.errors import ExitCode, UsageError
 
 
 def _pid(text: str) -> int:
@@ -42,9 +42,6 @@ class RecordCommand:
                            stream_full=arguments.full_events)
         recording = Recording(plan, Target(arguments.pid), options, progress)
         trace = recording.run()
-        if not trace.events.shape[0] and trace.footer.get("exit_reason") == "target-exited" and \
-                trace.footer.get("duration_ns", 0) < 1e8:
-            raise TargetError(f"process {arguments.pid} exited while arena-trace was attaching")
         finish(trace, arguments)
         return ExitCode.OK
 

@@ -360,10 +360,16 @@ class Analysis:
 
     def top_stacks(self, rows: np.ndarray, limit: int = 3) -> list[dict]:
         """The stacks with the most time among the selected rows (a boolean mask over selected events)."""
-        stack_ids = self.column("stack_id")[rows]
+        stack_ids = self.column("stack_id")[rows].astype(np.int64)
+        durations = self.durations[rows]
         if len(stack_ids) == 0:
             return []
-        frame = pd.DataFrame({"stack": stack_ids.astype(np.int64), "duration": self.durations[rows]})
+        # Stacks are sampled when a function is hot (a per-function rate limit in BPF): rank the stacks that
+        # were captured, rather than letting the calls whose stack was skipped outrank them all as one group.
+        captured = stack_ids >= 0
+        if captured.any():
+            stack_ids, durations = stack_ids[captured], durations[captured]
+        frame = pd.DataFrame({"stack": stack_ids, "duration": durations})
         grouped = frame.groupby("stack")["duration"].agg(["size", "sum"]).sort_values(["sum", "size"], ascending=False)
         return [{"stack_id": int(stack), "calls": int(values["size"]), "total_ns": int(values["sum"]),
                  "frames": self.stack_table.root_first(int(stack)) if stack >= 0 else [],

@@ -69,7 +69,10 @@ def arena_table(analysis: Analysis, top: int) -> Table:
 
 
 def wait_stack_table(analysis: Analysis, top: int) -> Table:
-    table = _table("Arena lock waits by stack (innermost frame first)", "stack", "waits", "total")
+    waits = locks.lock_wait_mask(analysis)
+    with_stack = int((waits & (analysis.column("stack_id") >= 0)).sum())
+    sampled = f"; stacks of {with_stack:,} of {int(waits.sum()):,} waits" if with_stack < waits.sum() else ""
+    table = _table(f"Arena lock waits by stack (innermost frame first{sampled})", "stack", "waits", "total")
     for stack in locks.stack_table(analysis, top):
         table.add_row(plain(stack["label"]), f"{stack['calls']:,}", _ns(stack["total_ns"]))
     return table

@@ -17,8 +17,8 @@ EVENT_RING_PAGES = 1024  # 4 MiB: lost nothing at 1 M events/s in the research r
 STACK_RING_PAGES = 8192  # 32 MiB: about 2,000 snapshots between two polls
 # Per function and CPU: enough for every stack of a normal slow path, bounded for storms (each stack costs
 # ~1.3 µs in BPF and ~10 µs to unwind in Python).
-STACKS_PER_SECOND = 500
-STACK_BURST = 50
+STACKS_PER_SECOND = 2000
+STACK_BURST = 200
 BATCH_RING_PAGES = 8192  # 32 MiB: 0.4 s of events at 1 M events/s, against a 50 ms poll
 
 REGISTER_EXPRESSIONS = {"rdi": "ctx->di", "rsi": "ctx->si", "rdx": "ctx->dx", "rcx": "ctx->cx",

@@ -106,6 +106,7 @@ class Recording:
         self.attachment = Attachment(plan)
         self.threads: dict[int, str] = {}
         self.attach_seconds = 0.0
+        self.started = time.monotonic()
         self.detach_seconds = 0.0
         self.writer: TraceWriter | None = None
         # A command started by `run` is still /bin/sh at attach time: its libc mapping is the shell's.
@@ -136,12 +137,17 @@ class Recording:
             pass
 
     def attach(self) -> None:
-        started = time.monotonic()
+        self.started = time.monotonic()
         self.attachment.compile()
-        result = self.attachment.attach()
+        self.attach_result = self.attachment.attach()
         if self.target_started and self.plan.locate() and self.plan.main_arena:
             self.attachment.set_main_arena(self.plan.main_arena)
-        self.attach_seconds = time.monotonic() - started
+
+    def _report_attached(self) -> None:
+        """Said once everything is ready to record (probes, writer, stack resolver, ring reader), so a user or
+        script that starts the interesting work on seeing it never overlaps arena-trace's own set-up."""
+        self.attach_seconds = time.monotonic() - self.started
+        result = self.attach_result
         failed = f", {result.failed} failed" if result.failed else ""
         allocators = ", ".join(allocator.catalog.name for allocator in self.plan.allocators)
         self.progress(f"attached probes to {result.attached} {allocators} functions{failed} and "
@@ -168,6 +174,7 @@ class Recording:
             if on_resolver is not None:
                 on_resolver(resolver)
             collector.start_reader()
+            self._report_attached()
             if on_attached is not None:
                 on_attached()
             exit_reason = self._collect(collector, resolver)

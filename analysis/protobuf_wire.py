@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from arena_trace.tracer.leb128 import read_uleb128
+
 VARINT = 0
 FIXED64 = 1
 LENGTH_DELIMITED = 2
@@ -73,18 +75,8 @@ class MessageWriter:
 
 
 def decode_varint(data: bytes, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if position >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, position
-        shift += 7
-        if shift >= 70:
-            raise ValueError("varint longer than 10 bytes")
+    """(value, position after it); a varint is an unsigned LEB128 of at most 10 bytes (ValueError otherwise)."""
+    return read_uleb128(data, position, max_bytes=10)
 
 
 def iterate_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:

@@ -21,12 +21,16 @@ TARGET_EVENTS_PER_SECOND = 5_000_000
 TARGET_BYTES_PER_EVENT = 64
 REPOSITORY = Path(__file__).resolve().parent.parent
 
-_CHILD = r"""
+# The start of every measuring child: peak and current RSS from /proc (shared with scripts/benchmarks).
+MEASURING_PRELUDE = r"""
 import json, sys, time
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
+"""
+
+_CHILD = MEASURING_PRELUDE + r"""
 from arena_trace.analysis.aggregate import Analysis
 from arena_trace.analysis.trace_reader import read_trace
 baseline = status("VmRSS")

@@ -14,14 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_analysis import MEASURING_PRELUDE
+
 from benchmarks.common import PYTHON, REPOSITORY, BenchmarkError
 
-_EXPORT_CHILD = r"""
-import json, sys, time
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
+_EXPORT_CHILD = MEASURING_PRELUDE + r"""
 from arena_trace.analysis.trace_reader import read_trace
 from arena_trace.commands.flamegraph import export
 baseline = status("VmRSS")
